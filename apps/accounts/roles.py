@@ -1,0 +1,33 @@
+"""Role names and the capabilities each one carries (the README's role table is written from this)."""
+
+CAPABILITIES = (
+    "query",
+    "upload",
+    "view_sources",
+    "manage_sources",
+    "run_syncs",
+    "view_audit",
+    "handle_subject_requests",
+    "configure_system",
+)
+
+ROLE_CAPABILITIES = {
+    "admin": CAPABILITIES,
+    "power_user": ("query", "upload", "view_sources", "manage_sources", "run_syncs"),
+    "user": ("query", "upload", "view_sources"),
+    "readonly": ("query", "view_sources"),
+    "compliance_officer": ("query", "view_sources", "view_audit", "handle_subject_requests"),
+}
+
+
+def has_capability(user, capability: str) -> bool:
+    return bool(user and user.is_authenticated and user.has_perm(f"accounts.{capability}"))
+
+
+def ensure_roles() -> None:
+    """Create the role groups with their capabilities if missing (the data migration does this on migrate)."""
+    from django.contrib.auth.models import Group, Permission
+
+    for role, capabilities in ROLE_CAPABILITIES.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        group.permissions.add(*Permission.objects.filter(content_type__app_label="accounts", codename__in=capabilities))

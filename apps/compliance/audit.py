@@ -1,0 +1,112 @@
+"""The append-only, hash-chained audit log: writing events and proving the chain."""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import AuditEvent, AuditHead
+
+logger = logging.getLogger(__name__)
+
+GENESIS_HASH = "0" * 64
+
+
+def _canonical(event: AuditEvent) -> bytes:
+    content = {
+        "seq": event.seq,
+        "created_at": event.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor_id": event.actor_id,
+        "actor_name": event.actor_name,
+        "action": event.action,
+        "object_type": event.object_type,
+        "object_id": event.object_id,
+        "ip": event.ip,
+        "data": event.data,
+        "prev_hash": event.prev_hash,
+    }
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def compute_hash(event: AuditEvent) -> str:
+    return hashlib.sha256(_canonical(event)).hexdigest()
+
+
+def _locked_head() -> AuditHead:
+    head = AuditHead.objects.select_for_update().filter(pk=1).first()
+    if head is not None:
+        return head
+    try:
+        with transaction.atomic():
+            return AuditHead.objects.create(pk=1, seq=0, hash=GENESIS_HASH)
+    except IntegrityError:  # another writer created it first
+        return AuditHead.objects.select_for_update().get(pk=1)
+
+
+def record(action, *, actor=None, object_type="", object_id="", data=None, ip=None) -> AuditEvent:
+    """Append one event to the chain. Runs in (or joins) a transaction, so a rolled-back action leaves no event."""
+    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    with transaction.atomic():
+        head = _locked_head()
+        event = AuditEvent(
+            seq=head.seq + 1,
+            created_at=timezone.now(),
+            actor=user,
+            actor_name=user.get_username() if user else (actor if isinstance(actor, str) else ""),
+            action=action,
+            object_type=object_type,
+            object_id=str(object_id) if object_id != "" else "",
+            ip=ip,
+            data=_jsonable(data or {}),
+            prev_hash=head.hash,
+        )
+        event.hash = compute_hash(event)
+        event.save()
+        head.seq, head.hash = event.seq, event.hash
+        head.save(update_fields=["seq", "hash"])
+    return event
+
+
+def _jsonable(data):
+    return json.loads(json.dumps(data, default=str))
+
+
+@dataclass
+class ChainReport:
+    ok: bool
+    checked: int
+    broken_seq: int | None = None
+    reason: str = ""
+
+
+def verify_chain() -> ChainReport:
+    """Walk the chain in order; report the first row whose content, link or position is wrong."""
+    expected_prev, expected_seq, checked = GENESIS_HASH, 1, 0
+    for event in AuditEvent.objects.order_by("seq").iterator(chunk_size=2000):
+        if event.seq != expected_seq:
+            reason = (
+                f"row seq {event.seq} found where seq {expected_seq} was expected "
+                "(a row was deleted or inserted out of order)"
+            )
+            return ChainReport(False, checked, event.seq, reason)
+        if event.prev_hash != expected_prev:
+            return ChainReport(False, checked, event.seq, "prev_hash does not match the previous row's hash")
+        if compute_hash(event) != event.hash:
+            return ChainReport(False, checked, event.seq, "content does not match its hash (the row was edited)")
+        expected_prev, expected_seq, checked = event.hash, expected_seq + 1, checked + 1
+    head = AuditHead.objects.filter(pk=1).first()
+    head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+    if (head_seq, head_hash) != (expected_seq - 1, expected_prev):
+        reason = f"the chain ends at seq {expected_seq - 1} but its head records seq {head_seq} (rows were removed)"
+        return ChainReport(False, checked, expected_seq, reason)
+    return ChainReport(True, checked)
+
+
+def client_ip(request):
+    if request is None:
+        return None
+    return request.META.get("REMOTE_ADDR") or None

@@ -1,0 +1,108 @@
+import fnmatch
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+
+from ..parsing import content_type_for
+from .base import ConfigError, Connector, ConnectorError, ItemError, RawDocument, failing_read, reject_unknown
+
+ACCESS_SIDECAR = ".ragsite-access.json"
+
+
+class FileSystemConnector(Connector):
+    """Files under a directory. A `.ragsite-access.json` ({"groups": [...]}) in a directory restricts it and
+    everything below it to those groups; the nearest one wins."""
+
+    @classmethod
+    def validate_config(cls, config):
+        path = config.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError("path", "a directory path is required")
+        for key in ("include", "exclude"):
+            value = config.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(key, "must be a list of glob patterns")
+        reject_unknown(config, {"path", "include", "exclude"}, "a filesystem source")
+        return {**config, "path": str(Path(path).expanduser().resolve())}
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config["path"])
+
+    def check(self):
+        root = self.root
+        if not root.exists():
+            raise ConnectorError(f"source path {root} does not exist")
+        if not root.is_dir():
+            raise ConnectorError(f"source path {root} is not a directory")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ConnectorError(f"source path {root} is not readable by this process")
+
+    def _wanted(self, rel: str) -> bool:
+        include = self.config.get("include") or ["*"]
+        exclude = self.config.get("exclude") or []
+        return any(fnmatch.fnmatch(rel, p) for p in include) and not any(fnmatch.fnmatch(rel, p) for p in exclude)
+
+    def documents(self, since=None):
+        self.check()
+        root = self.root
+        sidecars: dict[Path, tuple[str, ...] | None] = {}
+
+        def groups_for(directory: Path):
+            if directory not in sidecars:
+                sidecar = directory / ACCESS_SIDECAR
+                if sidecar.is_file():
+                    try:
+                        groups = json.loads(sidecar.read_text())["groups"]
+                        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+                            raise ValueError("groups must be a list of names")
+                    except (OSError, ValueError, KeyError, TypeError) as exc:
+                        # Fail closed: an unreadable restriction hides the directory rather than opening it.
+                        raise ItemError(f"unreadable access file {sidecar}: {exc}") from exc
+                    sidecars[directory] = tuple(groups)
+                else:
+                    sidecars[directory] = groups_for(directory.parent) if directory != root else None
+            return sidecars[directory]
+
+        def on_error(exc):
+            raise ConnectorError(f"cannot list {exc.filename}: {exc.strerror}")
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            directory = Path(dirpath)
+            for filename in sorted(filenames):
+                if filename.startswith("."):
+                    continue
+                path = directory / filename
+                rel = path.relative_to(root).as_posix()
+                if not self._wanted(rel) or content_type_for(filename) is None:
+                    continue
+                yield self._raw(path, rel, groups_for, directory)
+
+    def _raw(self, path: Path, rel: str, groups_for, directory: Path) -> RawDocument:
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            return RawDocument(rel, path.as_uri(), 0, None, failing_read(f"cannot stat file: {exc.strerror}"))
+        if path.is_symlink() and not path.resolve().is_relative_to(self.root):
+            return RawDocument(rel, path.as_uri(), 0, None, failing_read("symbolic link points outside the source"))
+        limit = settings.MAX_DOCUMENT_BYTES
+
+        def read():
+            if stat.st_size > limit:
+                raise ItemError(f"file is {stat.st_size:,} bytes, over the {limit:,}-byte limit (MAX_DOCUMENT_BYTES)")
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ItemError(f"cannot read file: {exc.strerror}") from exc
+
+        try:
+            groups = groups_for(directory)
+        except ItemError as exc:
+            return RawDocument(rel, path.as_uri(), stat.st_size, None, failing_read(str(exc)))
+        modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+        return RawDocument(rel, path.as_uri(), stat.st_size, modified, read, groups)
+

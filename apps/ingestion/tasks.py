@@ -1,0 +1,22 @@
+from celery import shared_task
+
+from . import sync
+from .models import Source
+
+
+@shared_task(name="ingestion.sync_source", acks_late=True)
+def sync_source(sync_run_id: int):
+    sync.run_sync(sync_run_id)
+
+
+@shared_task(name="maintenance.reap_stale_syncs")
+def reap_stale_syncs():
+    return sync.reap_stale_runs()
+
+
+@shared_task(name="ingestion.scheduled_sync")
+def scheduled_sync(source_id: int):
+    """Beat's entry point: request a run (joining one already active, so runs never stack)."""
+    source = Source.objects.filter(pk=source_id, enabled=True).first()
+    if source is not None:
+        sync.request_sync(source, trigger="schedule")

@@ -1,0 +1,57 @@
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import status
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.roles import has_capability
+from ragsite.errors import FieldError
+
+from .. import answer as answers
+from ..index import IndexUnavailable
+from ..search import as_dict, search
+from .serializers import (
+    AnswerRequestSerializer,
+    AnswerResponseSerializer,
+    SearchRequestSerializer,
+    SearchResponseSerializer,
+)
+
+
+class _QueryView(APIView):
+    """Search and answer alike: capability 'query', the search throttle, bad fields as 400, index down as 503."""
+
+    throttle_scope = "search"
+    request_serializer = None
+
+    def run(self, request, **params) -> dict:
+        raise NotImplementedError
+
+    def post(self, request):
+        if not has_capability(request.user, "query"):
+            raise PermissionDenied("Your role does not allow searching (capability 'query').")
+        params = self.request_serializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        try:
+            return Response(self.run(request, **params.validated_data))
+        except FieldError as exc:
+            raise ValidationError({exc.field: [exc.message]}) from exc
+        except IndexUnavailable as exc:
+            return Response({"detail": f"search index unavailable: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+@extend_schema_view(post=extend_schema(request=SearchRequestSerializer, responses=SearchResponseSerializer))
+class SearchView(_QueryView):
+    request_serializer = SearchRequestSerializer
+
+    def run(self, request, **params):
+        results, took_ms = search(request.user, request=request, **params)
+        return {"results": [as_dict(r) for r in results], "took_ms": took_ms}
+
+
+@extend_schema_view(post=extend_schema(request=AnswerRequestSerializer, responses=AnswerResponseSerializer))
+class AnswerView(_QueryView):
+    request_serializer = AnswerRequestSerializer
+
+    def run(self, request, **params):
+        return answers.as_dict(answers.answer(request.user, request=request, **params))

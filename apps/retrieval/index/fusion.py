@@ -1,0 +1,60 @@
+"""Turning the dense and lexical scores of the allowed rows into one ranking.
+
+``relative_score`` (the default) min-max normalises each side's top candidates and mixes them as
+``alpha * dense + (1 - alpha) * lexical``; a row missing from one side's candidates gets 0 there. ``rrf`` is
+reciprocal rank fusion, weighted the same way (alpha 0.5 is plain RRF). ``alpha`` 1 is dense only, 0 lexical only,
+as in Weaviate's hybrid query, so a request means the same thing on either backend.
+"""
+
+import numpy as np
+
+FUSIONS = ("relative_score", "rrf")
+MODES = ("hybrid", "dense", "lexical")
+RRF_K = 60
+
+
+def _top(scores: np.ndarray, k: int, positive_only=False) -> np.ndarray:
+    """Indices of the k highest scores, best first (ties broken by index, for repeatable results)."""
+    if positive_only:
+        candidates = np.flatnonzero(scores > 0)
+        if not len(candidates):
+            return candidates
+        order = _top(scores[candidates], k)
+        return candidates[order]
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.lexsort((part, -scores[part]))]
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-12:
+        return np.ones_like(values, dtype=np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def fuse(dense, lexical, top_k, *, mode="hybrid", alpha=0.75, fusion="relative_score", candidates=100):
+    """[(row position, fused score)] best first, at most top_k."""
+    if mode == "dense":
+        best = _top(dense, top_k)
+        return [(int(i), float(dense[i])) for i in best]
+    if mode == "lexical":
+        best = _top(lexical, top_k, positive_only=True)
+        return [(int(i), float(lexical[i])) for i in best]
+    depth = max(candidates, top_k)
+    dense_top = _top(dense, depth)
+    lexical_top = _top(lexical, depth, positive_only=True)
+    fused: dict[int, float] = {}
+    if fusion == "rrf":
+        for weight, ranking in ((alpha, dense_top), (1 - alpha, lexical_top)):
+            for rank, i in enumerate(ranking, 1):
+                fused[int(i)] = fused.get(int(i), 0.0) + weight / (RRF_K + rank)
+    else:
+        for weight, ranking, scores in ((alpha, dense_top, dense), (1 - alpha, lexical_top, lexical)):
+            if len(ranking):
+                for i, value in zip(ranking, _minmax(scores[ranking]), strict=True):
+                    fused[int(i)] = fused.get(int(i), 0.0) + weight * float(value)
+    ordered = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+    return ordered[:top_k]

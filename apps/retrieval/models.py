@@ -1,0 +1,54 @@
+from django.db import models
+
+
+class EmbeddingCacheEntry(models.Model):
+    """A computed embedding keyed by model and text hash, so unchanged text is never embedded twice."""
+
+    model = models.CharField(max_length=200)
+    text_hash = models.CharField(max_length=64)
+    vector = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "text_hash"], name="embedding_cache_unique")]
+
+    def __str__(self):
+        return f"{self.model}:{self.text_hash[:12]}"
+
+
+class IndexChange(models.Model):
+    """Outbox of documents whose chunks or readers changed, in commit order.
+
+    Written in the same transaction as the chunks; every process holding a vector index replays the entries
+    after the last one it applied, so the index follows the database (which stays the source of truth).
+    """
+
+    document_id = models.UUIDField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"#{self.pk} {self.document_id}"
+
+
+class IndexCursor(models.Model):
+    """How far an external vector index (a Weaviate collection, or one tenant of it) has applied the IndexChange
+    outbox.
+
+    Kept in the database beside the outbox rather than in the index: several processes share one Weaviate, and the
+    row lock taken while applying makes them apply changes one at a time (Weaviate has no transactions, and two
+    processes writing the same document out of order could leave the older version behind a cursor that has moved
+    past it). A collection found missing is recreated and its cursor reset, so a wiped Weaviate is reloaded.
+    """
+
+    key = models.CharField(max_length=300, unique=True, help_text="Backend, collection, tenant and embedding model")
+    seq = models.BigIntegerField(
+        null=True, blank=True,
+        help_text="Last IndexChange id applied; empty: never loaded, the next refresh imports every chunk",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.key} @ {self.seq}"

@@ -1,0 +1,183 @@
+"""Search speed through gunicorn, against the raw cost of the same search in-process.
+
+For each corpus size (10k and 100k chunks of synthetic text with random unit vectors, written straight into the
+database: the search cost does not depend on how vectors were made) it starts gunicorn and measures
+POST /api/v1/search/ (hybrid, top_k 10) at concurrency 1, 4 and 8, for a user who may read everything and for
+one who may read 5% of the corpus. In the same run it measures the raw cost: embedding the query plus the index
+search, in this process. It also prints the index's memory.
+
+Usage: .venv/bin/python bench/search.py [--sizes 10000 100000] [--requests 200]
+"""
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import requests
+from common import REPO, Stack
+
+from tests.processes import stop_process, wait_for_http
+
+WORDS = ("sensor calibration harbour tide gauge buoy salinity pressure firmware warranty invoice supplier payroll "
+         "laptop encryption password backup incident escalation vessel mooring telemetry battery antenna cable "
+         "survey report quarterly budget travel expenses hotel policy onboarding review holiday parental leave "
+         "security network outage printer ticket customer renewal contract service level agreement response").split()
+
+
+def synthetic_corpus(stack: Stack, chunks: int, restricted_share=0.05):
+    """Documents of 5 chunks each; 5% of documents readable by group 'five', the rest by group 'rest'."""
+    stack.django_here()
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.db import transaction
+
+    from apps.accounts.roles import ensure_roles
+    from apps.ingestion.models import Chunk, Document, DocumentAccess, Source, chunk_id_for, document_id_for
+    from apps.retrieval.embedder import get_embedder, vector_to_bytes
+
+    ensure_roles()
+    rng = np.random.default_rng(7)
+    words = random.Random(7)
+    source = Source.objects.create(name="synthetic", kind="filesystem", config={"path": "/"})
+    dim, model = get_embedder().dimension, get_embedder().name
+    n_docs = chunks // 5
+    with transaction.atomic():
+        for start in range(0, n_docs, 2000):
+            docs, access, rows = [], [], []
+            for d in range(start, min(n_docs, start + 2000)):
+                doc_id = document_id_for(source.pk, f"doc-{d}")
+                docs.append(Document(id=doc_id, source=source, external_id=f"doc-{d}", uri=f"synthetic://{d}",
+                                     title=f"Document {d}", content_type="text/plain", content_hash=f"{d:064x}"))
+                group = "five" if d % int(1 / restricted_share) == 0 else "rest"
+                access.append(DocumentAccess(document_id=doc_id, principal=f"group:{group}"))
+                vectors = rng.standard_normal((5, dim)).astype(np.float32)
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                for o in range(5):
+                    text = " ".join(words.choice(WORDS) for _ in range(60))
+                    rows.append(Chunk(id=chunk_id_for(doc_id, o), document_id=doc_id, ordinal=o, text=text,
+                                      text_hash=f"{d:032x}{o:032x}", embedding=vector_to_bytes(vectors[o]),
+                                      embedding_model=model, embedding_dim=dim))
+            Document.objects.bulk_create(docs)
+            DocumentAccess.objects.bulk_create(access)
+            Chunk.objects.bulk_create(rows, batch_size=1000)
+    users = get_user_model().objects
+    everyone = users.create_user("everyone", password="bench-password-123")
+    everyone.groups.add(Group.objects.get(name="user"), Group.objects.get_or_create(name="five")[0],
+                        Group.objects.get_or_create(name="rest")[0])
+    five = users.create_user("five", password="bench-password-123")
+    five.groups.add(Group.objects.get(name="user"), Group.objects.get(name="five"))
+    return everyone, five
+
+
+def rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentiles(values):
+    return statistics.median(values), statistics.quantiles(values, n=100)[94]
+
+
+def measure_api(base, token, queries, concurrency, n, tag):
+    """``tag`` makes every query text new to the web processes' query-vector cache, so each request embeds."""
+
+    def one(i):
+        session = sessions[i % concurrency]
+        t = time.perf_counter()
+        query = f"{queries[i % len(queries)]} {tag} {i}"
+        r = session.post(f"{base}/api/v1/search/", json={"query": query, "top_k": 10})
+        assert r.status_code == 200, r.text
+        return (time.perf_counter() - t) * 1000
+
+    sessions = [requests.Session() for _ in range(concurrency)]
+    for s in sessions:
+        s.headers["Authorization"] = f"Token {token}"
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(concurrency * 2)))  # warm every gunicorn worker
+        started = time.perf_counter()
+        latencies = list(pool.map(one, range(n)))
+    return latencies, n / (time.perf_counter() - started)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--requests", type=int, default=200)
+    args = parser.parse_args()
+    queries = [" ".join(random.Random(q).choice(WORDS) for _ in range(5)) for q in range(50)]
+    for size in args.sizes:
+        # A fresh interpreter per size keeps each measurement's memory and caches separate.
+        subprocess.run([sys.executable, __file__, "--one", str(size), str(args.requests), *queries], check=True)
+
+
+def one_size(size: int, n: int, queries: list[str]):
+    port = 8790
+    stack = Stack(broker_db=10, PORT=str(port), WEB_CONCURRENCY="2", WEB_THREADS="4", SEARCH_THROTTLE_RATE="100000/s",
+                  SEARCH_TOKEN_THROTTLE_RATE="100000/s")
+    stack.manage("migrate", "--noinput", "-v0")
+    everyone, five = synthetic_corpus(stack, size)
+    from apps.accounts.access import access_scope
+    from apps.accounts.models import ApiToken
+    from apps.retrieval.embedder import get_embedder
+    from apps.retrieval.index import get_index
+
+    embedder = get_embedder()
+    embedder.encode(["warm"])
+    before = rss_mb()
+    index = get_index()
+    t = time.perf_counter()
+    index.rebuild()  # also writes the snapshot the gunicorn workers start from
+    built = time.perf_counter() - t
+    state = index._state
+    nbytes = state.vectors.nbytes + state.tf.data.nbytes + state.tf.indices.nbytes + state.tf.indptr.nbytes
+    print(f"\n== {size:,} chunks: index built from the DB in {built:.1f} s; arrays {nbytes / 2**20:.0f} MiB "
+          f"({nbytes / 2**20 * 100_000 / size:.0f} MiB per 100k chunks), process RSS +{rss_mb() - before:.0f} MiB")
+
+    raw = {}
+    for label, user in (("all", everyone), ("5%", five)):
+        scope = access_scope(user)
+        index.search(embedder.encode(["warm"])[0], scope, 10, query="warm", mode="hybrid")
+        times = []
+        for i in range(100):
+            q = f"{queries[i % len(queries)]} raw {i}"
+            t = time.perf_counter()
+            index.search(embedder.encode([q])[0], scope, 10, query=q, mode="hybrid")
+            times.append((time.perf_counter() - t) * 1000)
+        raw[label] = percentiles(times)
+        print(f"raw embed+search, sees {label:>3}: p50 {raw[label][0]:6.1f} ms  p95 {raw[label][1]:6.1f} ms")
+
+    tokens = {label: ApiToken.issue(user)[1] for label, user in (("all", everyone), ("5%", five))}
+    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "ragsite/gunicorn.conf.py", "ragsite.wsgi"],
+                           cwd=REPO, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for_http(f"{base}/healthz"), "gunicorn did not start"
+        p50s = {}
+        for label in ("all", "5%"):
+            for concurrency in (1, 4, 8):
+                latencies, rps = measure_api(base, tokens[label], queries, concurrency, n, f"{label}{concurrency}")
+                p50, p95 = percentiles(latencies)
+                p50s[(label, concurrency)] = p50
+                print(f"API sees {label:>3}, concurrency {concurrency}: p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  "
+                      f"{rps:5.1f} req/s  p50/raw p50 {p50 / raw[label][0]:.2f}x")
+        for concurrency in (1, 4, 8):
+            ratio = p50s[("5%", concurrency)] / p50s[("all", concurrency)]
+            print(f"filtered (5%) / unfiltered p50 at concurrency {concurrency}: {ratio:.2f}x")
+    finally:
+        stop_process(web)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        one_size(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
+    else:
+        main()
