@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: run test lint venv bench-smoke clean
 
 $(STAMP): requirements.txt constraints.txt
+	bash -c 'source scripts/services.sh && ensure_system_packages "$${BUILD_SYSTEM_PACKAGES[@]}"'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt -c constraints.txt

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "guardian",
     "social_django",
+    "axes",
     "apps.accounts",
     "apps.compliance",
     "apps.ingestion",
@@ -78,6 +79,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out sign-in into the 429 page
 ]
 
 ROOT_URLCONF = "ragsite.urls"
@@ -120,10 +122,129 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sign-in. Password sign-in (admin, API session, LDAP) is guarded against brute force by django-axes (first
+# backend); single sign-on lives under /auth/ (social-auth) and each protocol switches on when it is configured.
 AUTHENTICATION_BACKENDS = [
+    "apps.accounts.backends.SignInThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
+AXES_FAILURE_LIMIT = env.int("SIGNIN_FAILURE_LIMIT", default=5)  # failed attempts before a lock-out
+AXES_COOLOFF_TIME = env.float("SIGNIN_LOCKOUT_HOURS", default=0.25)  # hours a lock-out lasts
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # per account and address: no one can lock out others
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "apps.accounts.views.locked_out"
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]  # behind a proxy, set SECURE_PROXY_SSL_HEADER's peer here
+AXES_VERBOSE = False
+
+# IdP group name -> local group (a role or an access group); see apps/accounts/sso/groups.py.
+SSO_GROUP_MAP = env.json("SSO_GROUP_MAP", default={})
+LOGIN_REDIRECT_URL = env.str("LOGIN_REDIRECT_URL", default="/admin/")
+SOCIAL_AUTH_URL_NAMESPACE = "social"
+SOCIAL_AUTH_JSONFIELD_ENABLED = True
+SOCIAL_AUTH_RAISE_EXCEPTIONS = False
+SOCIAL_AUTH_LOGIN_ERROR_URL = "/auth/error/"
+SOCIAL_AUTH_PIPELINE = (
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_uid",
+    "social_core.pipeline.social_auth.auth_allowed",
+    "social_core.pipeline.social_auth.social_user",
+    "social_core.pipeline.user.get_username",
+    "social_core.pipeline.user.create_user",
+    "social_core.pipeline.social_auth.associate_user",
+    "social_core.pipeline.social_auth.load_extra_data",
+    "social_core.pipeline.user.user_details",
+    "apps.accounts.sso.pipeline.sync_idp_groups",
+)
+
+# >>> SAML (apps/accounts/sso/saml.py)
+SAML_GROUPS_ATTRIBUTE = env.str("SAML_GROUPS_ATTRIBUTE", default="groups")
+# Certificates and the SP key: inline PEM (or base64 body) in NAME, or a file named by NAME_FILE.
+SAML_SP_ENTITY_ID = env.str("SAML_SP_ENTITY_ID", default="")  # default: this site's /auth/saml/metadata/ URL
+SAML_SP_CERT = _secret("SAML_SP_CERT")
+SAML_SP_KEY = _secret("SAML_SP_KEY")
+SAML_IDP_NAME = env.str("SAML_IDP_NAME", default="idp")  # the slug in /auth/saml/login/?idp=...
+SAML_IDP_ENTITY_ID = env.str("SAML_IDP_ENTITY_ID", default="")
+SAML_IDP_SSO_URL = env.str("SAML_IDP_SSO_URL", default="")
+SAML_IDP_CERT = _secret("SAML_IDP_CERT")
+SAML_USERNAME_ATTRIBUTE = env.str("SAML_USERNAME_ATTRIBUTE", default="uid")  # also the permanent user id
+SAML_EMAIL_ATTRIBUTE = env.str("SAML_EMAIL_ATTRIBUTE", default="mail")
+SAML_WANT_RESPONSE_SIGNED = env.bool("SAML_WANT_RESPONSE_SIGNED", default=False)  # assertions are always required
+SAML_ALLOW_IDP_INITIATED = env.bool("SAML_ALLOW_IDP_INITIATED", default=False)
+if SAML_IDP_SSO_URL:
+    if not SAML_IDP_ENTITY_ID or not SAML_IDP_CERT:
+        raise ImproperlyConfigured("SAML_IDP_SSO_URL is set: SAML_IDP_ENTITY_ID and SAML_IDP_CERT (or _FILE) are "
+                                   "needed")
+    if not SAML_IDP_NAME or not SAML_IDP_NAME.replace("-", "").replace("_", "").isalnum():
+        raise ImproperlyConfigured("SAML_IDP_NAME must be a slug (letters, digits, - and _)")
+    AUTHENTICATION_BACKENDS.append("apps.accounts.sso.saml.SamlAuth")
+# <<< SAML
+
+# >>> OIDC (apps/accounts/sso/oidc.py)
+OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="groups")
+# The issuer URL, without /.well-known/openid-configuration (endpoints and keys come from discovery).
+OIDC_ENDPOINT = env.str("OIDC_ENDPOINT", default="") or env.str("OIDC_ISSUER", default="")
+if OIDC_ENDPOINT:
+    SOCIAL_AUTH_OIDC_OIDC_ENDPOINT = OIDC_ENDPOINT.rstrip("/")
+    SOCIAL_AUTH_OIDC_KEY = env.str("OIDC_CLIENT_ID", default="")
+    SOCIAL_AUTH_OIDC_SECRET = _secret("OIDC_CLIENT_SECRET")
+    if not SOCIAL_AUTH_OIDC_KEY or not SOCIAL_AUTH_OIDC_SECRET:
+        raise ImproperlyConfigured("OIDC_ENDPOINT is set: OIDC_CLIENT_ID and OIDC_CLIENT_SECRET (or _FILE) are needed")
+    SOCIAL_AUTH_OIDC_SCOPE = env.list("OIDC_SCOPES", default=["openid", "profile", "email"])  # the whole list
+    SOCIAL_AUTH_OIDC_REQUESTS_TIMEOUT = env.float("OIDC_TIMEOUT", default=10.0)  # seconds, each call to the IdP
+    AUTHENTICATION_BACKENDS.append("apps.accounts.sso.oidc.OidcAuth")
+# Any social-auth refusal (SAML's too): a 4xx page and an auth.sso_refused audit event instead of a 500.
+MIDDLEWARE.append("apps.accounts.sso.middleware.SsoRefusalMiddleware")
+# <<< OIDC
+
+# >>> LDAP (apps/accounts/sso/ldap.py)
+# Password sign-in against LDAP / Active Directory (django-auth-ldap): on when LDAP_SERVER_URI is set. The backend
+# comes after the brute-force guard, so a directory account is locked out like a local one.
+LDAP_SERVER_URI = env.str("LDAP_SERVER_URI", default="")  # ldap://dc1.corp:389 ldaps://... (space-separated list)
+if LDAP_SERVER_URI:
+    import ldap as _ldap
+    from django_auth_ldap import config as _ldap_config
+
+    AUTH_LDAP_SERVER_URI = LDAP_SERVER_URI
+    AUTH_LDAP_BIND_DN = env.str("LDAP_BIND_DN", default="")  # a read-only service account; empty: anonymous
+    AUTH_LDAP_BIND_PASSWORD = _secret("LDAP_BIND_PASSWORD")
+    # Active Directory: LDAP_USER_FILTER="(sAMAccountName=%(user)s)" (or "(userPrincipalName=%(user)s)").
+    AUTH_LDAP_USER_SEARCH = _ldap_config.LDAPSearch(
+        env.str("LDAP_USER_SEARCH_BASE"), _ldap.SCOPE_SUBTREE, env.str("LDAP_USER_FILTER", default="(uid=%(user)s)")
+    )
+    AUTH_LDAP_USER_ATTR_MAP = {"first_name": "givenName", "last_name": "sn", "email": "mail"}
+    # groupOfNames (OpenLDAP), groupOfUniqueNames, posixGroup, active_directory, nested_active_directory
+    LDAP_GROUP_TYPE = env.str("LDAP_GROUP_TYPE", default="groupOfNames")
+    _group_types = {
+        "groupOfNames": (_ldap_config.GroupOfNamesType, "(objectClass=groupOfNames)"),
+        "groupOfUniqueNames": (_ldap_config.GroupOfUniqueNamesType, "(objectClass=groupOfUniqueNames)"),
+        "posixGroup": (_ldap_config.PosixGroupType, "(objectClass=posixGroup)"),
+        "active_directory": (_ldap_config.ActiveDirectoryGroupType, "(objectClass=group)"),
+        "nested_active_directory": (_ldap_config.NestedActiveDirectoryGroupType, "(objectClass=group)"),
+    }
+    if LDAP_GROUP_TYPE not in _group_types:
+        raise ImproperlyConfigured(f"LDAP_GROUP_TYPE must be one of {', '.join(_group_types)}, not {LDAP_GROUP_TYPE!r}")
+    LDAP_GROUP_SEARCH_BASE = env.str("LDAP_GROUP_SEARCH_BASE", default="")  # empty: groups are not read
+    if LDAP_GROUP_SEARCH_BASE:
+        _group_type, _group_filter = _group_types[LDAP_GROUP_TYPE]
+        AUTH_LDAP_GROUP_TYPE = _group_type(name_attr="cn")
+        AUTH_LDAP_GROUP_SEARCH = _ldap_config.LDAPSearch(
+            LDAP_GROUP_SEARCH_BASE, _ldap.SCOPE_SUBTREE, env.str("LDAP_GROUP_FILTER", default=_group_filter)
+        )
+        if env.str("LDAP_STAFF_GROUP", default=""):  # the DN of a group whose members may use the admin
+            AUTH_LDAP_USER_FLAGS_BY_GROUP = {"is_staff": env.str("LDAP_STAFF_GROUP")}
+    AUTH_LDAP_START_TLS = env.bool("LDAP_START_TLS", default=False)
+    _ldap_timeout = env.float("LDAP_TIMEOUT", default=5.0)  # seconds: connecting, and each operation
+    AUTH_LDAP_CONNECTION_OPTIONS = {
+        _ldap.OPT_NETWORK_TIMEOUT: _ldap_timeout,
+        _ldap.OPT_TIMEOUT: _ldap_timeout,
+        _ldap.OPT_REFERRALS: 0,  # Active Directory: never chase referrals (anonymously) to other domains
+    }
+    if env.str("LDAP_CA_FILE", default=""):  # a private CA for ldaps:// or StartTLS
+        AUTH_LDAP_GLOBAL_OPTIONS = {_ldap.OPT_X_TLS_CACERTFILE: env.str("LDAP_CA_FILE")}
+    AUTH_LDAP_CACHE_TIMEOUT = 0  # group changes take effect at the next sign-in
+    AUTHENTICATION_BACKENDS.append("apps.accounts.sso.ldap.DirectoryBackend")
+# <<< LDAP
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -238,6 +359,13 @@ EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=64)
 # it into batches, so a larger call wastes less on padding (measured: 64 -> 512 took 1000 passages from 31 s to
 # about the raw encode's time). Also the most chunks a sync holds in memory unwritten.
 EMBEDDING_FLUSH_CHUNKS = env.int("EMBEDDING_FLUSH_CHUNKS", default=512)
+# A sync stages its chunk texts in batches of this many and queues each as `embedding.embed_batch` on the
+# `embedding` queue; at most EMBEDDING_MAX_IN_FLIGHT batches per source are outstanding. A sync that would wait
+# embeds its own unclaimed batches (merged into calls of up to EMBEDDING_FLUSH_CHUNKS), so it never waits for a
+# free process. A claim older than EMBEDDING_CLAIM_SECONDS is presumed dead and may be taken over.
+EMBEDDING_BATCH_CHUNKS = env.int("EMBEDDING_BATCH_CHUNKS", default=64)
+EMBEDDING_MAX_IN_FLIGHT = env.int("EMBEDDING_MAX_IN_FLIGHT", default=8)
+EMBEDDING_CLAIM_SECONDS = env.int("EMBEDDING_CLAIM_SECONDS", default=120)
 CHUNK_TOKENS = env.int("CHUNK_TOKENS", default=200)
 CHUNK_OVERLAP_TOKENS = env.int("CHUNK_OVERLAP_TOKENS", default=40)
 MAX_DOCUMENT_BYTES = env.int("MAX_DOCUMENT_BYTES", default=20 * 1024 * 1024)

@@ -8,6 +8,7 @@ from apps.retrieval.api.views import AnswerView, SearchView
 api_v1 = [
     path("search/", SearchView.as_view(), name="search"),
     path("answer/", AnswerView.as_view(), name="answer"),
+    path("", include("apps.accounts.api.urls")),  # grants on sources and documents
     path("", include("apps.ingestion.api.urls")),
 ]
 
@@ -19,4 +20,6 @@ urlpatterns = [
     path("readyz", monitoring.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
+    path("auth/", include("apps.accounts.sso.urls")),
+    path("auth/", include("social_django.urls", namespace="social")),
 ]

@@ -35,3 +35,36 @@ ensure_postgres() {
     say "PostgreSQL did not come up on 127.0.0.1:5432"
     return 1
 }
+
+# System packages the test suite's real peers need: the SAML IdP (Debian's simplesamlphp, served by php -S), the
+# LDAP server (slapd), and the headers python-ldap builds against (BUILD_SYSTEM_PACKAGES, needed by pip). Installed only when one is missing.
+BUILD_SYSTEM_PACKAGES=(libldap2-dev libsasl2-dev)
+TEST_SYSTEM_PACKAGES=(simplesamlphp php-cli php-xml slapd ldap-utils "${BUILD_SYSTEM_PACKAGES[@]}")
+
+ensure_system_packages() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        say "missing system packages: ${missing[*]} (install them with apt-get as root)"
+        return 1
+    fi
+    say "installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_mariadb() {
+    if mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1; then return 0; fi
+    if ! command -v mariadbd >/dev/null 2>&1; then
+        say "MariaDB is not reachable on 127.0.0.1:3306 and not installed; the SQL connector tests need it."
+        return 1
+    fi
+    say "starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 100); do mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && return 0; sleep 0.2; done
+    say "MariaDB did not come up on 127.0.0.1:3306"
+    return 1
+}

@@ -4,8 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
+ensure_system_packages "${TEST_SYSTEM_PACKAGES[@]}"
 ensure_postgres
 ensure_redis
+ensure_mariadb
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ragsite}"

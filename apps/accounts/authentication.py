@@ -22,9 +22,18 @@ class ApiTokenAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid token header: the key is not valid text.") from exc
         token = ApiToken.objects.usable().select_related("user").filter(key_hash=hash_token(key)).first()
         if token is None or not token.user.is_active:
+            from apps.compliance.audit import client_ip, record
+
+            record("auth.token_refused", actor=key[:10], ip=client_ip(request), data={"key_prefix": key[:10]})
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user, token
 
     def authenticate_header(self, request):
         return "Token"
+
+
+def token_of(request):
+    """The ApiToken a request authenticated with, or None (session sign-in, or no sign-in)."""
+    auth = getattr(request, "auth", None)
+    return auth if isinstance(auth, ApiToken) else None

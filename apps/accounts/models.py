@@ -4,8 +4,10 @@ import secrets
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 ROLES = ("admin", "power_user", "user", "readonly", "compliance_officer")
+SCOPE_CHOICES = [("query", "query"), ("read", "read"), ("full", "full")]
 
 
 class Capability(models.Model):
@@ -54,6 +56,11 @@ class ApiToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    scope = models.CharField(
+        max_length=10, choices=SCOPE_CHOICES, default="full",
+        help_text="query: search, answer and read documents; read: also sources and sync runs; "
+                  "full: everything the user's roles allow",
+    )
 
     objects = ApiTokenQuerySet.as_manager()
 
@@ -64,10 +71,135 @@ class ApiToken(models.Model):
         return f"{self.key_prefix}… ({self.user})"
 
     @classmethod
-    def issue(cls, user, *, name="", expires_at=None):
+    def issue(cls, user, *, name="", expires_at=None, scope="full"):
         """Create a token and return (token, key); the key is not recoverable afterwards."""
         key = cls.PREFIX + secrets.token_urlsafe(32)
         token = cls.objects.create(
-            user=user, name=name, key_prefix=key[:10], key_hash=hash_token(key), expires_at=expires_at
+            user=user, name=name, key_prefix=key[:10], key_hash=hash_token(key), expires_at=expires_at,
+            scope=scope,
         )
         return token, key
+
+
+class SsoGroupGrant(models.Model):
+    """A group membership an identity provider granted, so the next sign-in can take it back."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_group_grants")
+    provider = models.CharField(max_length=50, help_text="saml, oidc or ldap")
+    group = models.ForeignKey("auth.Group", on_delete=models.CASCADE, related_name="+")
+    granted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "provider", "group"], name="sso_group_grant_unique")]
+
+    def __str__(self):
+        return f"{self.user} in {self.group} via {self.provider}"
+
+
+# --- object permissions on sources and documents (apps/accounts/grants.py is their only writer) ---------------
+#
+# Direct foreign-key tables (django-guardian's UserObjectPermissionBase / GroupObjectPermissionBase) rather than its
+# generic ones: a join on an indexed integer or UUID column instead of a content type plus a text object id. The
+# permission is always the built-in ``ingestion.view_source`` / ``ingestion.view_document``, so guardian's
+# ``user.has_perm("ingestion.view_document", document)`` agrees with what the index enforces.
+
+
+class _GrantFields(models.Model):
+    granted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    granted_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        abstract = True
+
+
+class SourceUserObjectPermission(UserObjectPermissionBase, _GrantFields):
+    """A user may read a source's documents (beside its reader groups)."""
+
+    content_object = models.ForeignKey("ingestion.Source", on_delete=models.CASCADE, related_name="user_grants")
+
+    class Meta(UserObjectPermissionBase.Meta):
+        verbose_name = "user grant on a source"
+
+    def __str__(self):
+        return f"{self.user} may read source {self.content_object_id}"
+
+
+class SourceGroupObjectPermission(GroupObjectPermissionBase, _GrantFields):
+    """A group may read a source's documents (like a reader group, granted as an object permission)."""
+
+    content_object = models.ForeignKey("ingestion.Source", on_delete=models.CASCADE, related_name="group_grants")
+
+    class Meta(GroupObjectPermissionBase.Meta):
+        verbose_name = "group grant on a source"
+
+    def __str__(self):
+        return f"{self.group} may read source {self.content_object_id}"
+
+
+class DocumentUserObjectPermission(UserObjectPermissionBase, _GrantFields):
+    """A user may read one document, whatever it inherits (widens it)."""
+
+    content_object = models.ForeignKey("ingestion.Document", on_delete=models.CASCADE, related_name="user_grants")
+
+    class Meta(UserObjectPermissionBase.Meta):
+        verbose_name = "user grant on a document"
+
+    def __str__(self):
+        return f"{self.user} may read document {self.content_object_id}"
+
+
+class DocumentGroupObjectPermission(GroupObjectPermissionBase, _GrantFields):
+    """A group may read one document, whatever it inherits (widens it)."""
+
+    content_object = models.ForeignKey("ingestion.Document", on_delete=models.CASCADE, related_name="group_grants")
+
+    class Meta(GroupObjectPermissionBase.Meta):
+        verbose_name = "group grant on a document"
+
+    def __str__(self):
+        return f"{self.group} may read document {self.content_object_id}"
+
+
+class DocumentRestriction(models.Model):
+    """Narrows a document: the readers it inherits (connector ACL or source readers) no longer apply; only its own
+    grants (and superusers) read it. A restricted document with no grants is readable by superusers alone."""
+
+    document = models.OneToOneField("ingestion.Document", on_delete=models.CASCADE, related_name="restriction")
+    reason = models.CharField(max_length=500, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"restricted: {self.document_id}"
+
+
+class ConnectorAcl(models.Model):
+    """The reader groups the connector reported for a document (a `.ragsite-access.json` sidecar, SharePoint or
+    Confluence permissions), recorded by the sync so that a grant changed between syncs can recompute the
+    document's readers without asking the connector. No row: the document inherits its source's readers.
+
+    No database constraint on the document: the sync records the ACL before the document's own transaction writes
+    it; a row whose document never arrives is ignored, and deleting the document deletes the row (ORM cascade)."""
+
+    document = models.OneToOneField("ingestion.Document", on_delete=models.CASCADE, primary_key=True,
+                                    db_constraint=False, related_name="connector_acl")
+    groups = models.JSONField(default=list, help_text="Group names; empty: every signed-in user")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.document_id}: {', '.join(self.groups) or 'authenticated'}"
+
+
+class AccessVersion(models.Model):
+    """One row whose counter every grant change bumps in its transaction, so a running sync notices (one cheap
+    query at most once a second) that its snapshot of the grants is stale and reloads it."""
+
+    version = models.BigIntegerField(default=0)
+
+    def __str__(self):
+        return f"access version {self.version}"
+
+
+from . import grants  # noqa: E402,F401  (connects the reader-groups signal; grants.py imports these models)

@@ -20,7 +20,19 @@ ROLE_CAPABILITIES = {
 }
 
 
-def has_capability(user, capability: str) -> bool:
+# What an API token may do, on top of (never beyond) what its user's roles allow. "query" is retrieval: search,
+# answer and reading the documents the user may read; "read" adds sources and sync runs; "full" is the roles'.
+TOKEN_SCOPES = {
+    "query": ("query",),
+    "read": ("query", "view_sources"),
+    "full": CAPABILITIES,
+}
+
+
+def has_capability(user, capability: str, token=None) -> bool:
+    """Whether the user's roles carry the capability and, for a request made with an API token, its scope does."""
+    if token is not None and capability not in TOKEN_SCOPES.get(getattr(token, "scope", "full"), ()):
+        return False
     return bool(user and user.is_authenticated and user.has_perm(f"accounts.{capability}"))
 
 

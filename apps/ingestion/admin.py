@@ -1,6 +1,12 @@
 from django import forms
 from django.contrib import admin, messages
 
+from apps.accounts.admin import (
+    GRANT_INLINES_FOR_DOCUMENT,
+    GRANT_INLINES_FOR_SOURCE,
+    DocumentGrantAdminMixin,
+    GrantAdminMixin,
+)
 from apps.compliance.admin import ReadOnlyAdmin
 
 from . import services
@@ -31,12 +37,13 @@ class SourceForm(forms.ModelForm):
 
 
 @admin.register(Source)
-class SourceAdmin(admin.ModelAdmin):
+class SourceAdmin(GrantAdminMixin, admin.ModelAdmin):
     list_display = ("name", "kind", "enabled", "schedule", "created_at")
     list_filter = ("kind", "enabled")
     search_fields = ("name",)
     filter_horizontal = ("reader_groups",)
     actions = ["sync_now"]
+    inlines = GRANT_INLINES_FOR_SOURCE  # saved through apps.accounts.grants
 
     form = SourceForm
 
@@ -111,13 +118,13 @@ class DocumentAccessInline(admin.TabularInline):
 
 
 @admin.register(Document)
-class DocumentAdmin(ReadOnlyAdmin):
+class DocumentAdmin(DocumentGrantAdminMixin, ReadOnlyAdmin):
     list_display = ("title", "source", "external_id", "content_type", "size", "modified_at", "updated_at")
     list_filter = ("source", "content_type")
     search_fields = ("title", "external_id")
     list_select_related = ("source",)
-    readonly_fields = [f.name for f in Document._meta.fields]
-    inlines = [DocumentAccessInline]
+    readonly_fields = [f.name for f in Document._meta.fields] + ["who_can_read"]
+    inlines = [DocumentAccessInline, *GRANT_INLINES_FOR_DOCUMENT]  # grants saved through apps.accounts.grants
     show_full_result_count = False
 
 

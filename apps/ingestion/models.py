@@ -5,6 +5,10 @@ from django.contrib.auth.models import Group
 from django.db import models
 from django.utils.text import slugify
 
+from .connectors.base import CLASSIFICATIONS
+
+CLASSIFICATION_CHOICES = [(c, c) for c in CLASSIFICATIONS]
+
 # Namespace for deterministic ids: a document's id is uuid5(NS, "source_id:external_id"), a chunk's is
 # uuid5(document id, ordinal), so re-running any step writes the same rows (DESIGN invariant 2).
 ID_NAMESPACE = uuid.UUID("5b0d3c1e-6f0e-4a53-9d7b-6a2b9c1f7e42")
@@ -36,6 +40,10 @@ class Source(models.Model):
     reader_groups = models.ManyToManyField(
         Group, blank=True, related_name="readable_sources",
         help_text="Groups that may read this source's documents; empty means every signed-in user",
+    )
+    classification = models.CharField(
+        max_length=20, choices=CLASSIFICATION_CHOICES, default="internal",
+        help_text="Of its documents, unless the source labels a document itself",
     )
     enabled = models.BooleanField(default=True)
     checkpoint = models.JSONField(
@@ -80,6 +88,10 @@ class Document(models.Model):
     author = models.CharField(max_length=300, blank=True, default="", help_text="From the file's own metadata")
     language = models.CharField(
         max_length=16, blank=True, default="", help_text="ISO 639-1 code detected from the text; empty when unsure"
+    )
+    classification = models.CharField(
+        max_length=20, choices=CLASSIFICATION_CHOICES, default="internal", db_index=True,
+        help_text="From the source's own metadata (a sidecar), else the source's classification",
     )
     last_error = models.TextField(blank=True, help_text="Why the latest attempt to re-index it failed, if it did")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -159,6 +171,13 @@ class SyncRun(models.Model):
     follow_up = models.BooleanField(
         default=False, help_text="Changes were reported while it ran; another run starts when it ends",
     )
+    embedding_batches = models.PositiveIntegerField(default=0, help_text="Batches of chunk texts it staged")
+    embedding_batches_queued = models.PositiveIntegerField(
+        default=0, help_text="Of those, embedded by an embedding.embed_batch task on the embedding queue",
+    )
+    embedding_max_in_flight = models.PositiveIntegerField(
+        default=0, help_text="Most batches it had outstanding at once (bounded by EMBEDDING_MAX_IN_FLIGHT)",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -215,3 +234,35 @@ class WebhookDelivery(models.Model):
 
     def __str__(self):
         return f"{self.source_id}:{self.signature[:12]}"
+
+
+class EmbeddingBatch(models.Model):
+    """Chunk texts a sync staged for embedding (EMBEDDING_BATCH_CHUNKS of them), queued as
+    ``embedding.embed_batch(id)``. Whoever claims it first (the task, or the sync itself when it would otherwise
+    wait) embeds it; the sync then writes the documents whose chunks all have vectors and deletes the row. Rows of
+    a run that ended are deleted by the source's next run and by the reaper: they hold no state anyone needs (the
+    vectors are also in the embedding cache)."""
+
+    PENDING, CLAIMED, DONE = "pending", "claimed", "done"
+    STATUS_CHOICES = [(s, s) for s in (PENDING, CLAIMED, DONE)]
+
+    run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="embedding_batches_staged")
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveIntegerField(help_text="Its order within the run")
+    texts = models.JSONField(default=list)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=PENDING)
+    claim = models.UUIDField(null=True, blank=True, help_text="Token of the current claimer")
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    vectors = models.BinaryField(null=True, blank=True, help_text="float32 little-endian, one row per text")
+    embedded = models.PositiveIntegerField(default=0, help_text="Texts the model embedded (cache misses)")
+    cache_hits = models.PositiveIntegerField(default=0)
+    done_by = models.CharField(max_length=100, blank=True, help_text="queue:NAME for a task, inline for the sync")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="embedding_batch_unique_seq")]
+        indexes = [models.Index(fields=["run", "status"])]
+
+    def __str__(self):
+        return f"batch {self.seq} of sync #{self.run_id} ({self.status})"

@@ -12,7 +12,7 @@ from ragsite.errors import FieldError
 
 from . import secrets
 from .connectors import CONNECTORS, WEBHOOK_SECRET
-from .connectors.base import ConfigError, ConnectorError
+from .connectors.base import CLASSIFICATIONS, ConfigError, ConnectorError
 from .models import Source
 
 
@@ -99,23 +99,32 @@ def apply_schedule(source: Source) -> None:
     )
 
 
-def create_source(*, name, kind="filesystem", config=None, schedule="", groups=(), enabled=True, user=None):
+def create_source(*, name, kind="filesystem", config=None, schedule="", groups=(), enabled=True, user=None,
+                  classification="internal"):
     name = slugify(name)
     if not name:
         raise SourceError("name", "must contain letters or digits")
     config = validate_source(kind, config or {}, schedule)
+    _check_classification(classification)
     group_objs = _groups(groups)
     with transaction.atomic():
         if Source.objects.filter(name=name).exists():
             raise SourceError("name", f"a source named {name!r} already exists")
         source = Source.objects.create(
-            name=name, kind=kind, config=config, schedule=schedule, enabled=enabled, created_by=user
+            name=name, kind=kind, config=config, schedule=schedule, enabled=enabled, created_by=user,
+            classification=classification,
         )
         source.reader_groups.set(group_objs)
         apply_schedule(source)
         record("source.create", actor=user, object_type="source", object_id=source.pk,
-               data={"name": source.name, "kind": kind, "groups": list(groups), "schedule": schedule})
+               data={"name": source.name, "kind": kind, "groups": list(groups), "schedule": schedule,
+                     "classification": classification})
     return source
+
+
+def _check_classification(value):
+    if value not in CLASSIFICATIONS:
+        raise SourceError("classification", f"must be one of {', '.join(CLASSIFICATIONS)}")
 
 
 def update_source(source: Source, *, user=None, **changes):
@@ -123,8 +132,11 @@ def update_source(source: Source, *, user=None, **changes):
     config = changes.get("config", source.config)
     schedule = changes.get("schedule", source.schedule)
     config = validate_source(kind, config, schedule, stored=source.config)
+    relabelled = "classification" in changes and changes["classification"] != source.classification
+    if relabelled:
+        _check_classification(changes["classification"])
     with transaction.atomic():
-        for field in ("name", "enabled"):
+        for field in ("name", "enabled", "classification"):
             if field in changes:
                 setattr(source, field, changes[field])
         source.kind, source.config, source.schedule = kind, config, schedule
@@ -134,11 +146,12 @@ def update_source(source: Source, *, user=None, **changes):
         apply_schedule(source)
         record("source.update", actor=user, object_type="source", object_id=source.pk,
                data={"changed": sorted(changes)})
-    if "groups" in changes:
-        # Readers are written per document by the sync; an unchanged document costs only a hash check.
+    if "groups" in changes or relabelled:
+        # Readers and labels are written per document by the sync; an unchanged document costs only a hash check.
+        # A new label must reach documents an incremental connector would not list again: a full pass.
         from .sync import request_sync
 
-        request_sync(source, trigger="access-change", user=user)
+        request_sync(source, trigger="access-change", user=user, full=relabelled)
     return source
 
 

@@ -4,33 +4,45 @@ Per document: content hash and readers unchanged -> skipped; readers changed onl
 content changed -> parse, chunk, embed (through the cache), then chunks, access rows and an IndexChange entry
 written in one transaction. A failing document is recorded on the run with its reason and keeps whatever was
 indexed before. Nothing is pruned unless the source was listed completely.
+
+Embedding: chunk texts are staged in EmbeddingBatch rows of EMBEDDING_BATCH_CHUNKS and queued as
+`embedding.embed_batch` on the `embedding` queue; at most EMBEDDING_MAX_IN_FLIGHT batches of a run (so of a
+source) are outstanding. Where the sync would wait, it claims its unclaimed batches and embeds them itself (merged
+into one model call of up to EMBEDDING_FLUSH_CHUNKS texts), so it only ever waits for batches another live process
+is embedding: it cannot deadlock, even with a single worker process. A document is written (chunks, access,
+IndexChange, in one transaction) once all its chunks have vectors; the run prunes and moves its checkpoint once all
+its batches are in. A killed sync leaves only staging rows, which the next run deletes; what its batches embedded
+is in the embedding cache.
 """
 
 import hashlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from apps.accounts.access import AUTHENTICATED, group_principal
 from apps.compliance.audit import record
 from apps.retrieval.embedder import embed_with_cache, get_embedder, text_hash, vector_to_bytes
 from apps.retrieval.models import EmbeddingCacheEntry, IndexChange
 
+from . import batching
 from .chunking import chunk_text, passage_text
 from .connectors import ConnectorError, get_connector
-from .connectors.base import ItemError, RawDocument
-from .models import Chunk, Document, DocumentAccess, Source, SyncRun, chunk_id_for, document_id_for
+from .connectors.base import CLASSIFICATIONS, ItemError, RawDocument
+from .models import Chunk, Document, DocumentAccess, EmbeddingBatch, Source, SyncRun, chunk_id_for, document_id_for
 from .parsing import ParsedDocument, ParseError, parse
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5
 MAX_RECORDED_ERRORS = 1000
+POLL_SECONDS = 0.1  # how often a sync waiting for batches other processes are embedding looks again
 
 
 # --- requesting ---------------------------------------------------------------------------------------------
@@ -111,6 +123,8 @@ def reap_stale_runs() -> int:
     for run in SyncRun.objects.filter(status=SyncRun.PENDING, created_at__lt=cutoff):
         sync_source.delay(run.pk)  # the claim makes a duplicate delivery a no-op
         restarted += 1
+    # Staging rows of runs that ended (a killed worker leaves them): nothing needs them any more.
+    EmbeddingBatch.objects.exclude(run__status__in=SyncRun.ACTIVE).delete()
     return restarted
 
 # --- running ------------------------------------------------------------------------------------------------
@@ -131,6 +145,9 @@ def run_sync(sync_run_id: int) -> SyncRun | None:
     except Exception as exc:
         logger.exception("sync run %s failed", run.pk)
         _finish(run, SyncRun.FAILED, f"{type(exc).__name__}: {exc}")
+    finally:
+        # Its staging rows, however it ended; their queued tasks then find nothing to do.
+        EmbeddingBatch.objects.filter(run_id=run.pk).delete()
     if SyncRun.objects.filter(pk=run.pk, follow_up=True).exclude(status__in=SyncRun.ACTIVE).exists():
         # Changes were reported while it ran, perhaps after it listed them (request_sync's follow_up).
         request_sync(run.source, trigger="follow-up")
@@ -138,10 +155,11 @@ def run_sync(sync_run_id: int) -> SyncRun | None:
 
 
 DOCUMENT_FIELDS = ["source", "external_id", "uri", "title", "content_type", "size", "modified_at", "content_hash",
-                   "author", "language", "last_error", "updated_at"]
+                   "author", "language", "classification", "last_error", "updated_at"]
 PROGRESS_FIELDS = (
     "items_seen", "items_new", "items_updated", "items_unchanged", "items_deleted", "items_failed",
     "chunks_embedded", "embedding_cache_hits", "errors",
+    "embedding_batches", "embedding_batches_queued", "embedding_max_in_flight",
 )
 
 
@@ -167,7 +185,7 @@ class _Lost(Exception):
 
 @dataclass
 class _Pending:
-    """A parsed and chunked document waiting for its batch to be embedded."""
+    """A parsed and chunked document waiting for its chunks' vectors (from one or more batches)."""
 
     raw: RawDocument
     document_id: uuid.UUID
@@ -178,6 +196,19 @@ class _Pending:
     size: int
     principals: list[str]
     known_hash: str | None
+    classification: str
+    vectors: np.ndarray | None = None
+    missing: int = 0  # chunks still without a vector
+
+
+@dataclass
+class _Staged:
+    """A batch this sync staged and has not taken in yet: its texts (kept, so a batch that vanished can still be
+    embedded here) and which slice of which document each run of texts belongs to."""
+
+    pk: int
+    texts: list[str]
+    parts: list  # (document, offset in the document, offset in the batch, length)
 
 
 class _SyncJob:
@@ -187,8 +218,11 @@ class _SyncJob:
         self.embedder = get_embedder()
         self.source_groups = tuple(self.source.reader_groups.values_list("name", flat=True))
         self._last_beat = timezone.now()
-        self._pending: list[_Pending] = []
-        self._pending_chunks = 0
+        self._buffer_texts: list[str] = []  # the batch being filled
+        self._buffer_parts: list = []
+        self._staged: dict[int, _Staged] = {}  # outstanding batches by id, oldest first
+        self._next_seq = 0
+        self._ready: list[_Pending] = []  # documents with every vector, to be written
         self._access: dict = {}  # document id -> the principals stored for it
         self._replaced_hashes: set[str] = set()  # text hashes of chunks this sync deleted or replaced
 
@@ -200,6 +234,8 @@ class _SyncJob:
         except ConnectorError as exc:
             _finish(run, SyncRun.FAILED, str(exc))
             return
+        # Staging rows of earlier runs of this source (one killed mid-sync) are dead: their runs have ended.
+        EmbeddingBatch.objects.filter(source=self.source).exclude(run_id=run.pk).delete()
         known = dict(Document.objects.filter(source=self.source).values_list("external_id", "content_hash"))
         # Readers of every known document, read once: an unchanged document then costs no query at all.
         for document_id, principal in DocumentAccess.objects.filter(document__source=self.source).values_list(
@@ -214,12 +250,15 @@ class _SyncJob:
                 run.items_seen += 1
                 self._process(raw, known.get(raw.external_id))
                 self._heartbeat()
-            self._flush()
+            self._drain()
             present = connector.present_ids() if connector.incremental else seen
             checkpoint = connector.next_checkpoint()
         except ConnectorError as exc:
             # The listing broke off: keep everything not seen, prune nothing, keep the old checkpoint.
-            self._flush()
+            try:
+                self._drain()
+            except (_Cancelled, _Lost):
+                pass  # ending anyway: what was written stays
             _finish(run, SyncRun.FAILED, f"listing failed after {run.items_seen} documents: {exc}")
             return
         except _Cancelled:
@@ -262,8 +301,13 @@ class _SyncJob:
         logger.warning("sync %s: %s failed: %s", run.pk, external_id, reason)
 
     def _principals(self, raw) -> list[str]:
-        groups = raw.groups if raw.groups is not None else self.source_groups
-        return sorted(group_principal(g) for g in groups) if groups else [AUTHENTICATED]
+        # Connector ACL or source readers, then the document's own grants or restriction: the one rule, in
+        # apps.accounts.grants (which also records the connector's ACL, so a grant changed later can recompute it).
+        from apps.accounts.grants import SyncAccess
+
+        if getattr(self, "_grants", None) is None:
+            self._grants = SyncAccess(self.source.pk)
+        return self._grants.principals(document_id_for(self.source.pk, raw.external_id), raw.groups)
 
     def _process(self, raw, known_hash: str | None):
         try:
@@ -271,9 +315,16 @@ class _SyncJob:
         except ItemError as exc:
             self._fail(raw.external_id, str(exc))
             return
+        classification = raw.classification or self.source.classification
+        if classification not in CLASSIFICATIONS:
+            self._fail(raw.external_id, f"unknown classification {classification!r}")
+            return
         content_hash = hashlib.sha256(data).hexdigest()
         if raw.hashed_metadata is not None:
             content_hash = hashlib.sha256(f"{content_hash}\n{raw.hashed_metadata}".encode()).hexdigest()
+        # The classification travels with every chunk into the index, so a new label re-indexes the document
+        # (from cached embeddings: it costs no model call).
+        content_hash = hashlib.sha256(f"{content_hash}\nclassification={classification}".encode()).hexdigest()
         principals = self._principals(raw)
         document_id = document_id_for(self.source.pk, raw.external_id)
         if known_hash == content_hash and not self.run.full:
@@ -297,25 +348,152 @@ class _SyncJob:
             self._fail(raw.external_id, str(exc))
             return
         inputs = [passage_text(parsed.title, d.heading, d.text) for d in drafts]
-        self._pending.append(_Pending(raw, document_id, parsed, drafts, inputs, content_hash, len(data),
-                                      principals, known_hash))
-        self._pending_chunks += len(drafts)
-        if self._pending_chunks >= settings.EMBEDDING_FLUSH_CHUNKS:
-            self._flush()
+        item = _Pending(raw, document_id, parsed, drafts, inputs, content_hash, len(data), principals, known_hash,
+                        classification, vectors=np.empty((len(inputs), self.embedder.dimension), dtype=np.float32),
+                        missing=len(inputs))
+        self._stage(item)
 
-    def _flush(self):
-        """Embed the pending documents' chunks in one batch (small documents alone would make tiny batches),
-        then write them in one transaction; each document is still written whole or not at all."""
-        if not self._pending:
+    # --- embedding batches ----------------------------------------------------------------------------------
+
+    def _stage(self, item: _Pending):
+        """Add a document's chunk texts to the batch being filled, sealing it each time it is full (a long
+        document spans several batches; small ones share one)."""
+        size = max(1, settings.EMBEDDING_BATCH_CHUNKS)
+        offset = 0
+        while offset < len(item.inputs):
+            take = min(size - len(self._buffer_texts), len(item.inputs) - offset)
+            self._buffer_parts.append((item, offset, len(self._buffer_texts), take))
+            self._buffer_texts.extend(item.inputs[offset : offset + take])
+            offset += take
+            if len(self._buffer_texts) >= size:
+                self._seal()
+
+    def _seal(self):
+        """Stage the filled batch as a row and queue it, once fewer than EMBEDDING_MAX_IN_FLIGHT are outstanding."""
+        if not self._buffer_texts:
             return
-        pending, self._pending, self._pending_chunks = self._pending, [], 0
-        vectors, hits = embed_with_cache([text for p in pending for text in p.inputs])
-        self.run.chunks_embedded += len(vectors) - hits
+        self._advance(wait=False)  # take in what is done, so finished documents are written early
+        while len(self._staged) >= max(1, settings.EMBEDDING_MAX_IN_FLIGHT):
+            self._advance(wait=True)
+        texts, parts = self._buffer_texts, self._buffer_parts
+        self._buffer_texts, self._buffer_parts = [], []
+        row = EmbeddingBatch.objects.create(run=self.run, source=self.source, seq=self._next_seq, texts=texts)
+        self._next_seq += 1
+        self._staged[row.pk] = _Staged(row.pk, texts, parts)
+        self.run.embedding_batches += 1
+        self.run.embedding_max_in_flight = max(self.run.embedding_max_in_flight, len(self._staged))
+        self._dispatch(row.pk)
+
+    def _dispatch(self, batch_id: int):
+        from kombu.exceptions import OperationalError
+
+        from .tasks import embed_batch
+
+        try:
+            embed_batch.delay(batch_id)
+        except (OperationalError, OSError) as exc:  # the broker is unreachable: this sync embeds it itself
+            logger.warning("sync run %s: batch %s not queued (%s); embedding it here", self.run.pk, batch_id, exc)
+
+    def _drain(self):
+        """Seal the last batch and take in every outstanding one: afterwards every document is written."""
+        self._seal()
+        while self._staged:
+            self._advance(wait=True)
+
+    def _advance(self, wait: bool):
+        """Take in the batches that are done and write the documents they complete. With ``wait``, return only
+        after taking in at least one: embed unclaimed batches here rather than wait for a free process, and wait
+        (beating) only for batches another process holds."""
+        while True:
+            if self._collect() or not wait or not self._staged:
+                return
+            if self._embed_here():
+                return
+            self._heartbeat()
+            time.sleep(POLL_SECONDS)
+
+    def _collect(self) -> bool:
+        """Take in this run's batches that another process embedded. True if any was taken in."""
+        if not self._staged:
+            return False
+        rows = {
+            row["pk"]: row
+            for row in EmbeddingBatch.objects.filter(pk__in=list(self._staged)).values(
+                "pk", "status", "vectors", "embedded", "cache_hits", "done_by"
+            )
+        }
+        taken, progressed = [], False
+        for pk, staged in list(self._staged.items()):
+            row = rows.get(pk)
+            if row is None:
+                # Deleted under us: only a run that is no longer ours loses its rows (raises _Lost); else embed it.
+                self._heartbeat(force=True)
+                vectors, hits = embed_with_cache(staged.texts)
+                self._receive(staged, vectors, len(staged.texts) - hits, hits, "inline")
+                progressed = True
+            elif row["status"] == EmbeddingBatch.DONE:
+                vectors = batching.vectors_of(row["vectors"], len(staged.texts))
+                self._receive(staged, vectors, row["embedded"], row["cache_hits"], row["done_by"])
+                taken.append(pk)
+                progressed = True
+        if taken:
+            EmbeddingBatch.objects.filter(pk__in=taken).delete()
+        self._write_ready()
+        return progressed
+
+    def _embed_here(self) -> bool:
+        """Claim this run's unclaimed batches (oldest first, up to EMBEDDING_FLUSH_CHUNKS texts: the model is
+        faster on one large call than on several small ones) and embed them in this process."""
+        candidates = list(
+            EmbeddingBatch.objects.filter(batching.claimable(), pk__in=list(self._staged))
+            .order_by("seq").values_list("pk", flat=True)
+        )
+        chosen, total = [], 0
+        for pk in candidates:
+            n = len(self._staged[pk].texts)
+            if chosen and total + n > settings.EMBEDDING_FLUSH_CHUNKS:
+                break
+            chosen.append(pk)
+            total += n
+        token, mine = batching.claim(chosen)
+        if not mine:
+            return False
+        mine = [pk for pk in chosen if pk in set(mine)]
+        try:
+            vectors, hits = embed_with_cache([text for pk in mine for text in self._staged[pk].texts])
+        except BaseException:
+            batching.release(mine, token)
+            raise
+        self.run.chunks_embedded += len(vectors) - hits  # counted for the whole call, not per batch
         self.run.embedding_cache_hits += hits
-        batch, offset = [], 0
-        for item in pending:
-            batch.append((item, vectors[offset : offset + len(item.drafts)]))
-            offset += len(item.drafts)
+        offset = 0
+        for pk in mine:
+            staged = self._staged[pk]
+            self._receive(staged, vectors[offset : offset + len(staged.texts)], 0, 0, "inline")
+            offset += len(staged.texts)
+        EmbeddingBatch.objects.filter(pk__in=mine).delete()
+        self._write_ready()
+        return True
+
+    def _receive(self, staged: _Staged, vectors, embedded: int, hits: int, done_by: str):
+        self._staged.pop(staged.pk, None)
+        self.run.chunks_embedded += embedded
+        self.run.embedding_cache_hits += hits
+        if done_by == "queue:embedding":
+            self.run.embedding_batches_queued += 1
+        for item, doc_offset, batch_offset, length in staged.parts:
+            item.vectors[doc_offset : doc_offset + length] = vectors[batch_offset : batch_offset + length]
+            item.missing -= length
+            if item.missing == 0:
+                self._ready.append(item)
+
+    def _write_ready(self):
+        """Write the documents whose every chunk has its vector, in one transaction (one by one if the database
+        refuses it); each document is written whole or not at all."""
+        if not self._ready:
+            return
+        ready, self._ready = self._ready, []
+        batch = [(item, item.vectors) for item in ready]
         try:
             self._write(batch)
         except DatabaseError:
@@ -343,6 +521,7 @@ class _SyncJob:
                         content_hash=item.content_hash,
                         author=item.parsed.author,
                         language=item.parsed.language,
+                        classification=item.classification,
                         last_error="",
                     )
                     for item, _ in batch

@@ -1,12 +1,20 @@
 from celery import shared_task
 
-from . import sync
+from . import batching, sync
 from .models import Source
 
 
 @shared_task(name="ingestion.sync_source", acks_late=True)
 def sync_source(sync_run_id: int):
     sync.run_sync(sync_run_id)
+
+
+@shared_task(name="embedding.embed_batch", bind=True, acks_late=True)
+def embed_batch(self, batch_id: int):
+    """Embed one staged batch of a sync's chunk texts (routed to the `embedding` queue by its name). A no-op when
+    the sync, or an earlier delivery, already did it."""
+    queue = (self.request.delivery_info or {}).get("routing_key") or "direct"
+    return batching.run_batch(batch_id, done_by=f"queue:{queue}")
 
 
 @shared_task(name="maintenance.reap_stale_syncs")

@@ -4,24 +4,35 @@ import hashlib
 import hmac
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from datetime import time as dtime
 
 from django.conf import settings
 
 from apps.accounts.access import access_scope
 from apps.compliance.audit import client_ip, record
+from apps.ingestion.connectors.base import CLASSIFICATIONS
 from apps.ingestion.models import Chunk, Document, Source
 from ragsite.errors import FieldError
 
 from .embedder import get_embedder
-from .index import get_index
+from .index import IndexFilter, IndexUnavailable, get_index
 from .index.fusion import FUSIONS, MODES
 
-FILTER_KEYS = ("source",)
+FILTER_KEYS = ("source", "classification", "modified_after", "modified_before")
+# Pages are slices of one ranking of at most this many results: offset + top_k may not exceed it. It equals the
+# fusion depth (each side's top 100 are fused), so every page is cut from the same fused list and pages never
+# overlap or skip a result.
+SEARCH_MAX_WINDOW = 100
 
 
 class SearchError(FieldError):
     pass
+
+
+class DenseUnavailable(IndexUnavailable):
+    """Dense search was asked for while the index holds vectors of another embedding model (503)."""
 
 
 @dataclass
@@ -46,10 +57,75 @@ def as_dict(result: SearchResult) -> dict:
     return data
 
 
-def _source_ids(filters: dict) -> set[int] | None:
+@dataclass
+class SearchPage:
+    results: list
+    took_ms: float
+    offset: int = 0
+    next_offset: int | None = None
+    served_mode: str = "hybrid"
+    warnings: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """The API's response body (also printed by `manage.py search --json`)."""
+        body = {"results": [as_dict(r) for r in self.results], "took_ms": self.took_ms,
+                "offset": self.offset, "next_offset": self.next_offset, "served_mode": self.served_mode}
+        if self.warnings:
+            body["warnings"] = self.warnings
+        return body
+
+
+def parse_filters(filters) -> IndexFilter:
+    """The request's ``filters`` object as an IndexFilter; a bad value raises SearchError naming its field."""
+    if filters is None:
+        return IndexFilter()
+    if not isinstance(filters, dict):
+        raise SearchError("filters", "must be an object")
     unknown = set(filters) - set(FILTER_KEYS)
     if unknown:
         raise SearchError(f"filters.{sorted(unknown)[0]}", f"unknown filter; known: {', '.join(FILTER_KEYS)}")
+    source_ids = _source_ids(filters)
+    classifications = _classifications(filters.get("classification"))
+    after = _moment("modified_after", filters.get("modified_after"))
+    before = _moment("modified_before", filters.get("modified_before"))
+    if after and before and after >= before:
+        raise SearchError("filters.modified_before", "must be later than filters.modified_after")
+    return IndexFilter(frozenset(source_ids) if source_ids is not None else None, classifications, after, before)
+
+
+def _classifications(value) -> frozenset | None:
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) for v in values):
+        raise SearchError("filters.classification", f"must be a list of: {', '.join(CLASSIFICATIONS)}")
+    unknown = [v for v in values if v not in CLASSIFICATIONS]
+    if unknown:
+        raise SearchError("filters.classification",
+                          f"unknown classification {unknown[0]!r}; known: {', '.join(CLASSIFICATIONS)}")
+    return frozenset(values)
+
+
+def _moment(name: str, value) -> datetime | None:
+    """An ISO 8601 date (midnight UTC) or date-time (UTC when it names no offset)."""
+    if value is None:
+        return None
+    parsed = None
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            try:
+                parsed = datetime.combine(date.fromisoformat(value), dtime.min)
+            except ValueError:
+                parsed = None
+    if parsed is None:
+        raise SearchError(f"filters.{name}", "must be an ISO 8601 date or date-time, like 2024-05-01 or "
+                                             "2024-05-01T12:00:00Z")
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _source_ids(filters: dict) -> set[int] | None:
     value = filters.get("source")
     if value is None:
         return None
@@ -70,10 +146,23 @@ def query_fingerprint(query: str) -> str:
 
 def search(user, query: str, *, top_k: int = 10, filters: dict | None = None, mode: str = "hybrid",
            alpha: float | None = None, fusion: str = "relative_score", explain: bool = False, request=None):
-    """Ranked chunks the user may read. Returns (results, took_ms).
+    """Ranked chunks the user may read. Returns (results, took_ms); see search_page for the parameters."""
+    page = search_page(user, query, top_k=top_k, filters=filters, mode=mode, alpha=alpha, fusion=fusion,
+                       explain=explain, request=request)
+    return page.results, page.took_ms
+
+
+def search_page(user, query: str, *, top_k: int = 10, offset: int = 0, filters: dict | None = None,
+                mode: str = "hybrid", alpha: float | None = None, fusion: str = "relative_score",
+                explain: bool = False, request=None) -> SearchPage:
+    """One page of the ranked chunks the user may read.
 
     ``mode``: hybrid (default), dense or lexical; ``alpha``: the dense side's weight in hybrid mode (default
-    settings.SEARCH_HYBRID_ALPHA); ``fusion``: relative_score (default) or rrf."""
+    settings.SEARCH_HYBRID_ALPHA); ``fusion``: relative_score (default) or rrf; ``filters``: see parse_filters;
+    ``offset``/``top_k``: the page, offset + top_k <= SEARCH_MAX_WINDOW. While the index holds vectors of another
+    embedding model than EMBEDDING_MODEL (after a model change, before `manage.py reembed`), dense scores would
+    compare vectors of two models: hybrid is then served lexical-only (``served_mode`` and a warning say so) and
+    dense raises DenseUnavailable (503)."""
     started = time.perf_counter()
     query = (query or "").strip()
     if not query:
@@ -82,6 +171,10 @@ def search(user, query: str, *, top_k: int = 10, filters: dict | None = None, mo
         raise SearchError("query", f"must be at most {settings.SEARCH_MAX_QUERY_CHARS} characters")
     if not 1 <= top_k <= settings.SEARCH_MAX_TOP_K:
         raise SearchError("top_k", f"must be between 1 and {settings.SEARCH_MAX_TOP_K}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise SearchError("offset", "must be a whole number, 0 or more")
+    if offset + top_k > SEARCH_MAX_WINDOW:
+        raise SearchError("offset", f"offset + top_k must be at most {SEARCH_MAX_WINDOW} (the deepest page)")
     if mode not in MODES:
         raise SearchError("mode", f"must be one of {', '.join(MODES)}")
     if fusion not in FUSIONS:
@@ -89,24 +182,45 @@ def search(user, query: str, *, top_k: int = 10, filters: dict | None = None, mo
     alpha = settings.SEARCH_HYBRID_ALPHA if alpha is None else alpha
     if not 0 <= alpha <= 1:
         raise SearchError("alpha", "must be between 0 and 1")
-    source_ids = _source_ids(filters or {})
+    flt = parse_filters(filters)
     scope = access_scope(user)
+    index = get_index()
+    served_mode, warnings = mode, []
+    if mode != "lexical":
+        stale = index.stale_chunks()
+        if stale:
+            reason = (f"{stale} chunks carry vectors of another embedding model than {get_embedder().name!r} "
+                      f"(dimension {get_embedder().dimension}); run `manage.py reembed`")
+            if mode == "dense":
+                raise DenseUnavailable(f"dense search is off until the vectors are re-embedded: {reason}")
+            served_mode = "lexical"
+            warnings.append(f"served lexical-only: {reason}")
+    window = offset + top_k
     hits = []
     if not scope.empty:
-        vector = get_embedder().encode_query(query) if mode != "lexical" else None
-        hits = get_index().search(vector, scope, top_k, source_ids, query=query, mode=mode, alpha=alpha,
-                                  fusion=fusion)
-    # Second gate against a revocation newer than the index's last refresh: fail closed.
+        vector = get_embedder().encode_query(query) if served_mode != "lexical" else None
+        # One more than the page, to know whether a next page exists (never deeper than the fusion depth).
+        hits = index.search(vector, scope, min(window + 1, SEARCH_MAX_WINDOW), query=query, mode=served_mode,
+                            alpha=alpha, fusion=fusion, filters=flt)
+    more = len(hits) > window
+    hits = hits[offset:window]
+    # Second gate against a revocation newer than the index's last refresh: fail closed. The filters are
+    # re-checked too, so a relabelled or re-dated document is never returned against its filter.
     readable = Document.objects.readable_by(scope)
-    chunks = (
-        Chunk.objects.select_related("document__source")
-        .filter(document__in=readable)
-        .in_bulk([h.chunk_id for h in hits])
-    )
+    chunks = Chunk.objects.select_related("document__source").filter(document__in=readable)
+    if flt.source_ids is not None:
+        chunks = chunks.filter(document__source_id__in=flt.source_ids)
+    if flt.classifications is not None:
+        chunks = chunks.filter(document__classification__in=flt.classifications)
+    if flt.modified_after is not None:
+        chunks = chunks.filter(document__modified_at__gte=flt.modified_after)
+    if flt.modified_before is not None:
+        chunks = chunks.filter(document__modified_at__lt=flt.modified_before)
+    chunks = chunks.in_bulk([h.chunk_id for h in hits])
     results = []
     for hit in hits:
         chunk = chunks.get(uuid.UUID(hit.chunk_id))
-        if chunk is None:  # deleted or revoked since the index last refreshed
+        if chunk is None:  # deleted, revoked or changed since the index last refreshed
             continue
         document = chunk.document
         results.append(
@@ -120,7 +234,7 @@ def search(user, query: str, *, top_k: int = 10, filters: dict | None = None, mo
                 page=chunk.page,
                 text=chunk.text,
                 score=round(hit.score, 6),
-                explain={"mode": mode, "alpha": alpha if mode == "hybrid" else None, "fusion": fusion,
+                explain={"mode": served_mode, "alpha": alpha if served_mode == "hybrid" else None, "fusion": fusion,
                          "dense": hit.dense, "lexical": hit.lexical} if explain else None,
             )
         )
@@ -132,9 +246,11 @@ def search(user, query: str, *, top_k: int = 10, filters: dict | None = None, mo
         data={
             "query_hmac": query_fingerprint(query),
             "top_k": top_k,
+            "offset": offset,
             "mode": mode,
+            "served_mode": served_mode,
             "filters": filters or {},
             "chunk_ids": [r.chunk_id for r in results],
         },
     )
-    return results, took_ms
+    return SearchPage(results, took_ms, offset, window if more else None, served_mode, warnings)

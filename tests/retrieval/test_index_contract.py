@@ -611,3 +611,175 @@ def test_standin_refuses_what_it_does_not_implement(standin):
     assert any("Aggregate" in call for call in standin.unknown_calls)
     assert any("sort_by" in call for call in standin.unknown_calls)
     standin.reset()
+
+
+# --- filters and pages, for every backend ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def labelled(backend, roles, tmp_path):
+    """Documents of three classifications (from the sidecars) and three modification dates (file mtimes)."""
+    import os
+    from datetime import UTC, datetime
+
+    from apps.ingestion.services import create_source
+
+    root = write_corpus(tmp_path / "labelled", {
+        "public/launch.md": "# Launch notes\n\nThe Marlin telemetry buoy launch is announced on the website.",
+        "public/.ragsite-access.json": '{"classification": "public"}',
+        "ops/buoy.md": "# Buoy operations\n\nMarlin telemetry buoy batteries are swapped every spring.",
+        "secret/tender.md": "# Tender\n\nThe Marlin telemetry buoy tender budget is confidential until award.",
+        "secret/.ragsite-access.json": '{"classification": "confidential"}',
+    })
+    dates = {"public/launch.md": datetime(2023, 3, 1, tzinfo=UTC), "ops/buoy.md": datetime(2024, 6, 15, tzinfo=UTC),
+             "secret/tender.md": datetime(2025, 1, 10, 12, 0, tzinfo=UTC)}
+    for rel, when in dates.items():
+        os.utime(root / rel, (when.timestamp(), when.timestamp()))
+    sync(create_source(name="labelled", config={"path": str(root)}))
+    return root
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, {"public/launch.md", "ops/buoy.md", "secret/tender.md"}),
+        ({"classification": ["confidential"]}, {"secret/tender.md"}),
+        ({"classification": ["public", "internal"]}, {"public/launch.md", "ops/buoy.md"}),
+        ({"classification": ["restricted"]}, set()),
+        ({"modified_after": "2024-01-01"}, {"ops/buoy.md", "secret/tender.md"}),
+        ({"modified_before": "2024-06-15T00:00:00Z"}, {"public/launch.md"}),
+        ({"modified_after": "2024-06-15", "modified_before": "2025-01-10T12:00:00+00:00"}, {"ops/buoy.md"}),
+        ({"modified_after": "2025-01-10T13:00:00+01:00"}, {"secret/tender.md"}),  # 12:00 UTC, inclusive
+        ({"classification": ["confidential"], "modified_before": "2025-01-01"}, set()),
+        ({"source": "labelled", "classification": ["internal"]}, {"ops/buoy.md"}),
+    ],
+)
+def test_metadata_filters_inside_the_search(labelled, bob, mode, filters, expected):
+    from apps.retrieval.search import parse_filters
+
+    hits = index_search("Marlin telemetry buoy", mode=mode, top_k=10)
+    assert set(external_ids(h.chunk_id for h in hits)) == {"public/launch.md", "ops/buoy.md", "secret/tender.md"}
+    filtered = index().search(
+        None if mode == "lexical" else _query_vector("Marlin telemetry buoy"), EVERYONE, 10,
+        query="Marlin telemetry buoy", mode=mode, filters=parse_filters(filters))
+    assert set(external_ids(h.chunk_id for h in filtered)) == expected
+    body = {"query": "Marlin telemetry buoy", "mode": mode, "filters": filters}
+    response = token_client(bob).post(SEARCH, body, format="json")
+    assert response.status_code == 200, response.content
+    assert {r["uri"].split("/labelled/")[1] for r in response.json()["results"]} == expected
+
+
+def _query_vector(query):
+    from apps.retrieval.embedder import get_embedder
+
+    return get_embedder().encode_query(query)
+
+
+def test_db_recheck_applies_the_filters(labelled, bob, settings):
+    """A document relabelled in the database after the index last refreshed is not returned against the filter."""
+    from apps.ingestion.models import Document
+
+    settings.INDEX_REFRESH_SECONDS = 3600  # the index will not notice
+    index().refresh()
+    Document.objects.filter(external_id="secret/tender.md").update(classification="public")
+    body = {"query": "Marlin telemetry buoy", "filters": {"classification": ["confidential"]}}
+    assert token_client(bob).post(SEARCH, body, format="json").json()["results"] == []
+
+
+def _bulk_corpus(visible_docs=1, hidden_docs=99, chunks_per_doc=5, query="quarterly harbour tide report"):
+    """Documents written straight into the database (vectors derived from the real query vector, so the ranking is
+    known): hidden documents are 'internal' and match the query better on both sides; visible ones are
+    'restricted'. Returns the visible documents' chunk ids."""
+    from apps.ingestion.models import Chunk, Document, DocumentAccess, Source, chunk_id_for, document_id_for
+    from apps.ingestion.sync import log_index_change
+    from apps.retrieval.embedder import get_embedder, vector_to_bytes
+
+    embedder = get_embedder()
+    q = embedder.encode_query(query)
+    rng = np.random.default_rng(3)
+    source = Source.objects.create(name="bulk", kind="filesystem", config={"path": "/"})
+    visible, docs, access, chunks = [], [], [], []
+    for d in range(visible_docs + hidden_docs):
+        is_visible = d < visible_docs
+        doc_id = document_id_for(source.pk, f"doc-{d}")
+        docs.append(Document(id=doc_id, source=source, external_id=f"doc-{d}", uri=f"bulk://{d}", title=f"Doc {d}",
+                             content_type="text/plain", content_hash=f"{d:064x}",
+                             classification="restricted" if is_visible else "internal"))
+        access.append(DocumentAccess(document_id=doc_id, principal="authenticated"))
+        for o in range(chunks_per_doc):
+            noise = rng.standard_normal(len(q)).astype(np.float32)
+            noise /= np.linalg.norm(noise)
+            vector = (0.2 * q + noise) if is_visible else (q + 0.3 * noise)
+            vector /= np.linalg.norm(vector)
+            text = ("A note that mentions the quarterly report once." if is_visible else
+                    "Quarterly harbour tide report: the quarterly harbour tide report of the harbour tide office.")
+            chunk_id = chunk_id_for(doc_id, o)
+            chunks.append(Chunk(id=chunk_id, document_id=doc_id, ordinal=o, text=f"{text} ({d}.{o})",
+                                text_hash=f"{d:032x}{o:032x}", embedding=vector_to_bytes(vector),
+                                embedding_model=embedder.name, embedding_dim=embedder.dimension))
+            if is_visible:
+                visible.append(str(chunk_id))
+    Document.objects.bulk_create(docs)
+    DocumentAccess.objects.bulk_create(access)
+    Chunk.objects.bulk_create(chunks)
+    log_index_change([d.id for d in docs])
+    index().refresh()
+    return visible
+
+
+def test_filter_leaving_one_percent_still_fills_top_k(backend, roles, bob):
+    from apps.retrieval.search import parse_filters
+
+    visible = _bulk_corpus()  # 5 of 500 chunks are 'restricted'
+    query = "quarterly harbour tide report"
+    for mode in ("dense", "lexical", "hybrid"):
+        unfiltered = index().search(None if mode == "lexical" else _query_vector(query), EVERYONE, 5, query=query,
+                                    mode=mode)
+        assert not set(h.chunk_id for h in unfiltered) & set(visible), mode  # a post-filter would find nothing
+        hits = index().search(None if mode == "lexical" else _query_vector(query), EVERYONE, 5, query=query,
+                              mode=mode, filters=parse_filters({"classification": ["restricted"]}))
+        assert sorted(h.chunk_id for h in hits) == sorted(visible), mode
+    body = {"query": query, "top_k": 5, "filters": {"classification": ["restricted"]}}
+    results = token_client(bob).post(SEARCH, body, format="json").json()["results"]
+    assert sorted(r["chunk_id"] for r in results) == sorted(visible)
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+def test_pages_are_slices_of_one_ranking(backend, roles, bob, mode):
+    _bulk_corpus(visible_docs=0, hidden_docs=12)  # 60 chunks
+    client = token_client(bob)
+    query = "quarterly harbour tide report"
+    whole = client.post(SEARCH, {"query": query, "top_k": 45, "mode": mode}, format="json").json()
+    assert len(whole["results"]) == 45 and whole["next_offset"] == 45
+    pages, offset = [], 0
+    while offset is not None:
+        body = client.post(SEARCH, {"query": query, "top_k": 10, "offset": offset, "mode": mode},
+                           format="json").json()
+        assert body["offset"] == offset
+        pages.extend(body["results"])
+        offset = body["next_offset"]
+    ids = [r["chunk_id"] for r in pages]
+    assert len(ids) == 60 and len(set(ids)) == 60  # every chunk exactly once, the last page says so
+    assert ids[:45] == [r["chunk_id"] for r in whole["results"]]
+    scores = [r["score"] for r in pages]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_ties_are_ordered_by_chunk_id(backend, roles, bob):
+    """Chunks with the same text and vector score the same; they come back in chunk-id order, on every page."""
+    from apps.ingestion.models import Chunk
+    from apps.ingestion.sync import log_index_change
+
+    _bulk_corpus(visible_docs=0, hidden_docs=4)
+    first = Chunk.objects.order_by("id").first()
+    Chunk.objects.update(text=first.text, embedding=first.embedding)
+    log_index_change(list(Chunk.objects.values_list("document_id", flat=True).distinct()))
+    index().refresh()
+    client = token_client(bob)
+    for mode in ("dense", "lexical"):
+        got = []
+        for offset in (0, 7, 14):
+            body = {"query": "quarterly harbour tide report", "top_k": 7, "offset": offset, "mode": mode}
+            got += [r["chunk_id"] for r in client.post(SEARCH, body, format="json").json()["results"]]
+        assert got == sorted(str(c) for c in Chunk.objects.values_list("id", flat=True)), mode

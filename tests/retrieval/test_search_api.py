@@ -15,7 +15,9 @@ def test_search_returns_cited_ranked_chunks(indexed_source, bob):
     response = token_client(bob).post(URL, {"query": "how do I connect to the VPN", "top_k": 3}, format="json")
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == {"results", "took_ms"}
+    # The contract's keys, extended (never renamed) by pagination and the mode actually served.
+    assert set(body) == {"results", "took_ms", "offset", "next_offset", "served_mode"}
+    assert body["offset"] == 0 and body["next_offset"] == 3 and body["served_mode"] == "hybrid"
     top = body["results"][0]
     assert set(top) >= {"chunk_id", "document_id", "document_title", "source", "uri", "text", "score"}
     assert top["document_title"] == "Connecting to the VPN"

@@ -23,8 +23,8 @@ class SourceSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Source
-        fields = ["id", "name", "kind", "config", "schedule", "groups", "enabled", "created_at", "updated_at",
-                  "latest_sync"]
+        fields = ["id", "name", "kind", "config", "schedule", "groups", "classification", "enabled", "created_at",
+                  "updated_at", "latest_sync"]
         read_only_fields = ["id", "created_at", "updated_at", "latest_sync"]
         # Uniqueness and config are checked by the service, which names the field.
         extra_kwargs = {"name": {"validators": []}}
@@ -47,7 +47,7 @@ class DocumentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Document
         fields = ["id", "source", "external_id", "uri", "title", "content_type", "size", "modified_at",
-                  "content_hash", "created_at", "updated_at"]
+                  "classification", "content_hash", "created_at", "updated_at"]
         read_only_fields = fields
 
 

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from apps.accounts.access import access_scope
+from apps.accounts.authentication import token_of
 from apps.accounts.roles import has_capability
 from apps.compliance.audit import client_ip, record
 
@@ -33,9 +34,13 @@ class Capability(BasePermission):
     def has_permission(self, request, view):
         needed = view.read_capability if request.method in ("GET", "HEAD", "OPTIONS") else view.write_capability
         needed = getattr(view, "action_capabilities", {}).get(getattr(view, "action", None), needed)
-        if has_capability(request.user, needed):
+        token = token_of(request)
+        if has_capability(request.user, needed, token):
             return True
-        self.message = f"Your role does not allow this (capability {needed!r})."
+        if token is not None and has_capability(request.user, needed):
+            self.message = f"This API token's scope ({token.scope!r}) does not allow this (capability {needed!r})."
+        else:
+            self.message = f"Your role does not allow this (capability {needed!r})."
         return False
 
 
@@ -78,6 +83,7 @@ class SourceViewSet(viewsets.ModelViewSet):
             name=data["name"], kind=data.get("kind", "filesystem"), config=data.get("config", {}),
             schedule=data.get("schedule", ""), groups=data.get("group_names", []),
             enabled=data.get("enabled", True), user=self.request.user,
+            classification=data.get("classification", "internal"),
         )
 
     def perform_update(self, serializer):

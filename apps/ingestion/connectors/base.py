@@ -13,6 +13,10 @@ class ConfigError(FieldError, ConnectorError):
     """A connector setting is wrong; ``field`` names it inside the source's config."""
 
 
+# Sensitivity labels, least to most sensitive. Every chunk carries its document's; a search can be filtered on it.
+CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
+
+
 @dataclass
 class RawDocument:
     external_id: str  # stable id at the source
@@ -26,6 +30,7 @@ class RawDocument:
     # Metadata that changes the indexed document without changing its bytes (a pushed title or link): mixed into
     # the content hash, so a change to it alone re-indexes the document. None for sources whose bytes say it all.
     hashed_metadata: str | None = None
+    classification: str | None = None  # one of CLASSIFICATIONS; None: the source's own classification
 
 
 def reject_unknown(config: dict, allowed, what: str) -> None:

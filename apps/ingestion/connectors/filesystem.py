@@ -7,14 +7,24 @@ from pathlib import Path
 from django.conf import settings
 
 from ..parsing import content_type_for
-from .base import ConfigError, Connector, ConnectorError, ItemError, RawDocument, failing_read, reject_unknown
+from .base import (
+    CLASSIFICATIONS,
+    ConfigError,
+    Connector,
+    ConnectorError,
+    ItemError,
+    RawDocument,
+    failing_read,
+    reject_unknown,
+)
 
 ACCESS_SIDECAR = ".ragsite-access.json"
 
 
 class FileSystemConnector(Connector):
-    """Files under a directory. A `.ragsite-access.json` ({"groups": [...]}) in a directory restricts it and
-    everything below it to those groups; the nearest one wins."""
+    """Files under a directory. A `.ragsite-access.json` in a directory ({"groups": [...], "classification":
+    "confidential"}, either key optional) restricts it and everything below it to those groups and gives it that
+    classification; for each key the nearest sidecar that names it wins."""
 
     @classmethod
     def validate_config(cls, config):
@@ -49,22 +59,32 @@ class FileSystemConnector(Connector):
     def documents(self, since=None):
         self.check()
         root = self.root
-        sidecars: dict[Path, tuple[str, ...] | None] = {}
+        sidecars: dict[Path, tuple[tuple[str, ...] | None, str | None]] = {}
 
-        def groups_for(directory: Path):
+        def sidecar_for(directory: Path):
+            """(groups, classification) of a directory: its sidecar's, each inherited when the sidecar is silent."""
             if directory not in sidecars:
+                inherited = sidecar_for(directory.parent) if directory != root else (None, None)
                 sidecar = directory / ACCESS_SIDECAR
                 if sidecar.is_file():
                     try:
-                        groups = json.loads(sidecar.read_text())["groups"]
-                        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+                        settings_ = json.loads(sidecar.read_text())
+                        if not isinstance(settings_, dict) or not ({"groups", "classification"} & set(settings_)):
+                            raise ValueError('expected an object with "groups" and/or "classification"')
+                        groups = settings_.get("groups", inherited[0])
+                        if groups is not None and (
+                            not isinstance(groups, list) or not all(isinstance(g, str) for g in groups)
+                        ):
                             raise ValueError("groups must be a list of names")
-                    except (OSError, ValueError, KeyError, TypeError) as exc:
+                        classification = settings_.get("classification", inherited[1])
+                        if classification is not None and classification not in CLASSIFICATIONS:
+                            raise ValueError(f"classification must be one of {', '.join(CLASSIFICATIONS)}")
+                    except (OSError, ValueError, TypeError) as exc:
                         # Fail closed: an unreadable restriction hides the directory rather than opening it.
                         raise ItemError(f"unreadable access file {sidecar}: {exc}") from exc
-                    sidecars[directory] = tuple(groups)
+                    sidecars[directory] = (tuple(groups) if groups is not None else None, classification)
                 else:
-                    sidecars[directory] = groups_for(directory.parent) if directory != root else None
+                    sidecars[directory] = inherited
             return sidecars[directory]
 
         def on_error(exc):
@@ -80,9 +100,9 @@ class FileSystemConnector(Connector):
                 rel = path.relative_to(root).as_posix()
                 if not self._wanted(rel) or content_type_for(filename) is None:
                     continue
-                yield self._raw(path, rel, groups_for, directory)
+                yield self._raw(path, rel, sidecar_for, directory)
 
-    def _raw(self, path: Path, rel: str, groups_for, directory: Path) -> RawDocument:
+    def _raw(self, path: Path, rel: str, sidecar_for, directory: Path) -> RawDocument:
         try:
             stat = path.stat()
         except OSError as exc:
@@ -100,9 +120,9 @@ class FileSystemConnector(Connector):
                 raise ItemError(f"cannot read file: {exc.strerror}") from exc
 
         try:
-            groups = groups_for(directory)
+            groups, classification = sidecar_for(directory)
         except ItemError as exc:
             return RawDocument(rel, path.as_uri(), stat.st_size, None, failing_read(str(exc)))
         modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
-        return RawDocument(rel, path.as_uri(), stat.st_size, modified, read, groups)
+        return RawDocument(rel, path.as_uri(), stat.st_size, modified, read, groups, classification=classification)
 

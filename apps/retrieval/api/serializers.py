@@ -1,13 +1,38 @@
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.ingestion.connectors.base import CLASSIFICATIONS
+
 from ..answer import ANSWER_DEFAULT_SENTENCES, ANSWER_DEFAULT_TOP_K, ANSWER_MAX_SENTENCES, ANSWER_MAX_TOP_K
+from ..search import SEARCH_MAX_WINDOW
+
+
+class SearchFiltersSerializer(serializers.Serializer):
+    """The shape of ``filters`` (for the schema). Values are checked by search.parse_filters, which names the bad
+    key (``filters.classification: ...``) and refuses unknown keys."""
+
+    source = serializers.JSONField(required=False, help_text="a source name or id, or a list of them")
+    classification = serializers.ListField(child=serializers.ChoiceField(choices=CLASSIFICATIONS), required=False,
+                                           help_text="documents of any of these classifications")
+    modified_after = serializers.CharField(required=False, help_text="ISO 8601 date or date-time (UTC unless it "
+                                           "names an offset); documents modified at or after it")
+    modified_before = serializers.CharField(required=False, help_text="ISO 8601 date or date-time; documents "
+                                            "modified before it. Documents without a date match no date filter")
+
+
+@extend_schema_field(SearchFiltersSerializer)
+class FiltersField(serializers.DictField):
+    pass
 
 
 class SearchRequestSerializer(serializers.Serializer):
     query = serializers.CharField(max_length=settings.SEARCH_MAX_QUERY_CHARS, trim_whitespace=True)
-    top_k = serializers.IntegerField(min_value=1, max_value=settings.SEARCH_MAX_TOP_K, default=10)
-    filters = serializers.DictField(required=False, default=dict)
+    top_k = serializers.IntegerField(min_value=1, max_value=settings.SEARCH_MAX_TOP_K, default=10,
+                                     help_text="results per page")
+    offset = serializers.IntegerField(min_value=0, max_value=SEARCH_MAX_WINDOW - 1, default=0,
+                                      help_text=f"results to skip (pagination); offset + top_k <= {SEARCH_MAX_WINDOW}")
+    filters = FiltersField(required=False, default=dict)
     mode = serializers.ChoiceField(choices=["hybrid", "dense", "lexical"], default="hybrid")
     alpha = serializers.FloatField(min_value=0, max_value=1, required=False,
                                    help_text="hybrid: weight of the dense side (1 = dense only)")
@@ -31,6 +56,12 @@ class SearchResultSerializer(serializers.Serializer):
 class SearchResponseSerializer(serializers.Serializer):
     results = SearchResultSerializer(many=True)
     took_ms = serializers.FloatField()
+    offset = serializers.IntegerField(help_text="the offset of this page")
+    next_offset = serializers.IntegerField(allow_null=True, help_text="offset of the next page; null on the last")
+    served_mode = serializers.ChoiceField(choices=["hybrid", "dense", "lexical"],
+                                          help_text="the mode actually served: lexical while the index holds vectors "
+                                                    "of another embedding model")
+    warnings = serializers.ListField(child=serializers.CharField(), required=False)
 
 
 class AnswerRequestSerializer(SearchRequestSerializer):
@@ -39,6 +70,7 @@ class AnswerRequestSerializer(SearchRequestSerializer):
     top_k = serializers.IntegerField(min_value=1, max_value=ANSWER_MAX_TOP_K, default=ANSWER_DEFAULT_TOP_K,
                                      help_text="how many permitted chunks the answer may draw from")
     explain = None  # no per-result scores in an answer
+    offset = None  # an answer draws on the first top_k chunks
     max_sentences = serializers.IntegerField(min_value=1, max_value=ANSWER_MAX_SENTENCES,
                                              default=ANSWER_DEFAULT_SENTENCES,
                                              help_text="extractive answer: how many sentences at most")

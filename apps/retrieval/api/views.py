@@ -4,12 +4,13 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.authentication import token_of
 from apps.accounts.roles import has_capability
 from ragsite.errors import FieldError
 
 from .. import answer as answers
 from ..index import IndexUnavailable
-from ..search import as_dict, search
+from ..search import search_page
 from .serializers import (
     AnswerRequestSerializer,
     AnswerResponseSerializer,
@@ -28,7 +29,7 @@ class _QueryView(APIView):
         raise NotImplementedError
 
     def post(self, request):
-        if not has_capability(request.user, "query"):
+        if not has_capability(request.user, "query", token_of(request)):
             raise PermissionDenied("Your role does not allow searching (capability 'query').")
         params = self.request_serializer(data=request.data)
         params.is_valid(raise_exception=True)
@@ -45,8 +46,7 @@ class SearchView(_QueryView):
     request_serializer = SearchRequestSerializer
 
     def run(self, request, **params):
-        results, took_ms = search(request.user, request=request, **params)
-        return {"results": [as_dict(r) for r in results], "took_ms": took_ms}
+        return search_page(request.user, request=request, **params).as_dict()
 
 
 @extend_schema_view(post=extend_schema(request=AnswerRequestSerializer, responses=AnswerResponseSerializer))

@@ -4,9 +4,9 @@ from functools import lru_cache
 
 from django.conf import settings
 
-from .base import IndexUnavailable, SearchHit, VectorIndex
+from .base import IndexFilter, IndexUnavailable, SearchHit, VectorIndex
 
-__all__ = ["IndexUnavailable", "SearchHit", "VectorIndex", "get_index"]
+__all__ = ["IndexFilter", "IndexUnavailable", "SearchHit", "VectorIndex", "get_index"]
 
 
 @lru_cache(maxsize=1)

@@ -13,19 +13,23 @@ MODES = ("hybrid", "dense", "lexical")
 RRF_K = 60
 
 
-def _top(scores: np.ndarray, k: int, positive_only=False) -> np.ndarray:
-    """Indices of the k highest scores, best first (ties broken by index, for repeatable results)."""
-    if positive_only:
-        candidates = np.flatnonzero(scores > 0)
-        if not len(candidates):
-            return candidates
-        order = _top(scores[candidates], k)
-        return candidates[order]
-    k = min(k, len(scores))
+def _top(scores: np.ndarray, k: int, positive_only=False, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the k highest scores, best first. Ties are broken by ``tiebreak`` (ascending; the index when
+    None), also at the cut: of equal scores straddling position k the lowest tiebreak values are kept, so the top
+    k of a longer list is always the shorter list (stable pages). Scores of -inf (not scored) are never returned."""
+    keep = np.flatnonzero(scores > 0) if positive_only else np.flatnonzero(np.isfinite(scores))
+    if len(keep) == len(scores):
+        keep = None
+    values = scores if keep is None else scores[keep]
+    k = min(k, len(values))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-scores, k - 1)[:k]
-    return part[np.lexsort((part, -scores[part]))]
+    part = np.argpartition(-values, k - 1)[:k]
+    threshold = values[part].min()
+    part = np.flatnonzero(values >= threshold)  # every tie at the cut, then cut by the tiebreak
+    ties = part if tiebreak is None else (tiebreak[part] if keep is None else tiebreak[keep[part]])
+    order = part[np.lexsort((ties, -values[part]))][:k]
+    return order if keep is None else keep[order]
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:
@@ -35,17 +39,20 @@ def _minmax(values: np.ndarray) -> np.ndarray:
     return ((values - low) / (high - low)).astype(np.float32)
 
 
-def fuse(dense, lexical, top_k, *, mode="hybrid", alpha=0.75, fusion="relative_score", candidates=100):
-    """[(row position, fused score)] best first, at most top_k."""
+def fuse(dense, lexical, top_k, *, mode="hybrid", alpha=0.75, fusion="relative_score", candidates=100,
+         tiebreak=None):
+    """[(row position, fused score)] best first, at most top_k; equal scores ordered by ``tiebreak`` (ascending,
+    aligned with the rows; the row position when None). ``dense`` may hold -inf for rows an approximate search
+    did not return: they are not candidates."""
     if mode == "dense":
-        best = _top(dense, top_k)
+        best = _top(dense, top_k, tiebreak=tiebreak)
         return [(int(i), float(dense[i])) for i in best]
     if mode == "lexical":
-        best = _top(lexical, top_k, positive_only=True)
+        best = _top(lexical, top_k, positive_only=True, tiebreak=tiebreak)
         return [(int(i), float(lexical[i])) for i in best]
     depth = max(candidates, top_k)
-    dense_top = _top(dense, depth)
-    lexical_top = _top(lexical, depth, positive_only=True)
+    dense_top = _top(dense, depth, tiebreak=tiebreak)
+    lexical_top = _top(lexical, depth, positive_only=True, tiebreak=tiebreak)
     fused: dict[int, float] = {}
     if fusion == "rrf":
         for weight, ranking in ((alpha, dense_top), (1 - alpha, lexical_top)):
@@ -56,5 +63,8 @@ def fuse(dense, lexical, top_k, *, mode="hybrid", alpha=0.75, fusion="relative_s
             if len(ranking):
                 for i, value in zip(ranking, _minmax(scores[ranking]), strict=True):
                     fused[int(i)] = fused.get(int(i), 0.0) + weight * float(value)
-    ordered = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+    if tiebreak is None:
+        ordered = sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+    else:
+        ordered = sorted(fused.items(), key=lambda item: (-item[1], tiebreak[item[0]]))
     return ordered[:top_k]

@@ -4,7 +4,8 @@ database's IndexChange outbox.
 What goes in: one object per chunk, its id the chunk's UUID (so re-importing overwrites, never duplicates), its
 vector the one stored with the chunk (Weaviate never embeds: the vectorizer is ``none``), and the properties the
 search filters and ranks on: ``principals`` (text[], field tokenization: ``group:hr`` is one token), ``source_id``,
-``document_id``, ``chunk_id`` and ``text`` (the passage text the embedded index ranks, the only property BM25 reads).
+``classification``, ``modified_at`` (date), ``document_id``, ``chunk_id`` and ``text`` (the passage text the
+embedded index ranks, the only property BM25 reads).
 
 Permissions are a filter inside the query (DESIGN invariant 5): ``principals`` contains any of the scope's, so
 ``top_k`` is filled from what the caller may read however little that is.
@@ -58,7 +59,7 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
-from .base import IndexUnavailable, SearchHit, VectorIndex
+from .base import IndexFilter, IndexUnavailable, SearchHit, VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ FETCH_LIMIT = 10_000  # Weaviate's default QUERY_MAXIMUM_RESULTS
 LIST_PAGE = 1000
 BREAKER_SECONDS = 5.0  # after a connection failure, calls fail at once for this long
 FAILED_RETRY_SECONDS = 10.0  # after a refresh with rejected objects, searches wait this long before retrying
+STALE_CHECK_SECONDS = 10.0  # how long a count of chunks of another embedding model is reused
+# Filterable properties added after the first release: an older collection gets them added and is re-imported.
+LATER_PROPERTIES = ("classification",)
 
 
 
@@ -240,6 +244,8 @@ class WeaviateIndex(VectorIndex):
             except WeaviateBaseError as exc:
                 if "already exists" not in str(exc):  # another process created it first
                     raise
+        else:
+            created = self._add_later_properties(client)
         if self.tenant:
             collection = client.collections.use(self.collection_name)
             if not collection.tenants.exists(self.tenant):
@@ -251,6 +257,26 @@ class WeaviateIndex(VectorIndex):
                         raise
         return created
 
+    def _add_later_properties(self, client) -> bool:
+        """Add the filterable properties a collection made by an older release lacks; True when any was added
+        (the cursor is then reset, so every object is written again with them). Plain REST (GET the class, POST
+        a property) rather than the client's config parser, which needs every optional section of the schema."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        base = f"{self.url}/v1/schema/{self.collection_name}"
+        with httpx.Client(timeout=self.timeout, headers=headers) as http:
+            response = http.get(base)
+            response.raise_for_status()
+            have = {p.get("name") for p in response.json().get("properties") or []}
+            missing = [name for name in LATER_PROPERTIES if name not in have]
+            for name in missing:
+                logger.info("adding property %s to Weaviate collection %s", name, self.collection_name)
+                added = http.post(f"{base}/properties", json={"name": name, "dataType": ["text"],
+                                                              "tokenization": "field", "indexSearchable": False})
+                if added.status_code >= 400 and "already exists" not in added.text:
+                    raise IndexUnavailable(f"Weaviate refused to add property {name}: {added.status_code} "
+                                           f"{added.text[:200]}")
+        return bool(missing)
+
     def _create_collection(self, client):
         logger.info("creating Weaviate collection %s at %s", self.collection_name, self.url)
         keyword = {"data_type": DataType.TEXT, "tokenization": Tokenization.FIELD, "index_searchable": False}
@@ -261,6 +287,7 @@ class WeaviateIndex(VectorIndex):
                 Property(name="chunk_id", **keyword),
                 Property(name="document_id", **keyword),
                 Property(name="source_id", data_type=DataType.INT),
+                Property(name="classification", **keyword),
                 Property(name="principals", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD,
                          index_searchable=False),
                 Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
@@ -466,22 +493,26 @@ class WeaviateIndex(VectorIndex):
         from apps.ingestion.chunking import passage_text
         from apps.ingestion.models import Chunk, Document, DocumentAccess
 
-        docs = {str(d): (s, t, c, m) for d, s, t, c, m in Document.objects.filter(pk__in=document_ids)
-                .values_list("id", "source_id", "title", "content_type", "modified_at")}
+        docs = {str(d): (s, t, c, m, k) for d, s, t, c, m, k in Document.objects.filter(pk__in=document_ids)
+                .values_list("id", "source_id", "title", "content_type", "modified_at", "classification")}
         principals: dict[str, list] = {}
         for doc_id, principal in (DocumentAccess.objects.filter(document_id__in=list(docs))
                                   .order_by("principal").values_list("document_id", "principal")):
             principals.setdefault(str(doc_id), []).append(principal)
         objects: dict[str, list] = {}
-        chunks = (Chunk.objects.filter(document_id__in=list(docs), embedding_model=self.model_name)
-                  .order_by("document_id", "ordinal").values_list("id", "document_id", "embedding", "heading", "text"))
-        for chunk_id, doc_id, blob, heading, text in chunks.iterator(chunk_size=2000):
+        model, dim = self.model_name, _current_dimension()
+        # Every chunk, also those whose vector is of another embedding model: those go in without a vector (found
+        # by BM25 only; search.py refuses dense scoring while any exist) until `manage.py reembed` replaces them.
+        chunks = (Chunk.objects.filter(document_id__in=list(docs)).order_by("document_id", "ordinal")
+                  .values_list("id", "document_id", "embedding", "heading", "text", "embedding_model", "embedding_dim"))
+        for chunk_id, doc_id, blob, heading, text, chunk_model, chunk_dim in chunks.iterator(chunk_size=2000):
             key = str(doc_id)
-            source_id, title, content_type, modified_at = docs[key]
+            source_id, title, content_type, modified_at, classification = docs[key]
             properties = {
                 "chunk_id": str(chunk_id),
                 "document_id": key,
                 "source_id": source_id,
+                "classification": classification,
                 "principals": principals.get(key, []),
                 "text": passage_text(title, heading, text),
                 "heading": heading,
@@ -489,32 +520,44 @@ class WeaviateIndex(VectorIndex):
             }
             if modified_at is not None:
                 properties["modified_at"] = modified_at
-            vector = np.frombuffer(bytes(blob), dtype="<f4").tolist()
-            objects.setdefault(key, []).append(
-                DataObject(uuid=chunk_id, properties=properties, vector={VECTOR_NAME: vector})
-            )
+            current = chunk_model == model and chunk_dim == dim
+            vector = {VECTOR_NAME: np.frombuffer(bytes(blob), dtype="<f4").tolist()} if current else None
+            objects.setdefault(key, []).append(DataObject(uuid=chunk_id, properties=properties, vector=vector))
         return objects
 
     # --- searching -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _filters(scope, source_ids):
+    def _filters(scope, flt: IndexFilter):
         parts = []
         if not scope.unrestricted:
             parts.append(Filter.by_property("principals").contains_any(sorted(scope.principals)))
-        if source_ids:
-            parts.append(Filter.by_property("source_id").contains_any(sorted(source_ids)))
+        if flt.source_ids is not None:
+            parts.append(Filter.by_property("source_id").contains_any(sorted(flt.source_ids) or [-1]))
+        if flt.classifications is not None:
+            parts.append(Filter.by_property("classification").contains_any(sorted(flt.classifications)))
+        if flt.modified_after is not None:
+            parts.append(Filter.by_property("modified_at").greater_or_equal(flt.modified_after))
+        if flt.modified_before is not None:
+            parts.append(Filter.by_property("modified_at").less_than(flt.modified_before))
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else Filter.all_of(parts)
 
     def search(self, vector, scope, top_k: int, source_ids=None, *, query: str = "", mode: str = "dense",
-               alpha: float = 0.75, fusion: str = "relative_score", candidates: int = 100) -> list[SearchHit]:
+               alpha: float = 0.75, fusion: str = "relative_score", candidates: int = 100,
+               filters: IndexFilter | None = None) -> list[SearchHit]:
+        """Ties are put in chunk-id order here (Weaviate orders them by its internal ids)."""
         if scope.empty:
             return []
+        hits = self._search(vector, scope, top_k, IndexFilter.of(source_ids, filters), query=query, mode=mode,
+                            alpha=alpha, fusion=fusion)
+        return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
+
+    def _search(self, vector, scope, top_k, flt, *, query, mode, alpha, fusion) -> list[SearchHit]:
         self.refresh_if_due()
         collection = self._collection(self._connected())
-        common = {"limit": top_k, "filters": self._filters(scope, source_ids), "return_properties": ["chunk_id"]}
+        common = {"limit": top_k, "filters": self._filters(scope, flt), "return_properties": ["chunk_id"]}
         if mode == "dense":
             response = self._call("search", lambda: collection.query.near_vector(
                 near_vector=np.asarray(vector, dtype=np.float32).tolist(), target_vector=VECTOR_NAME,
@@ -541,6 +584,17 @@ class WeaviateIndex(VectorIndex):
         return hits
 
     # --- inspection ----------------------------------------------------------------------------------------
+
+    def stale_chunks(self) -> int:
+        """Counted in the database (the source of truth), reused for STALE_CHECK_SECONDS."""
+        from apps.ingestion.models import Chunk
+
+        now = time.monotonic()
+        cached = getattr(self, "_stale", None)
+        if cached is None or now - cached[0] > STALE_CHECK_SECONDS:
+            count = Chunk.objects.exclude(embedding_model=self.model_name, embedding_dim=_current_dimension()).count()
+            self._stale = cached = (now, count)
+        return cached[1]
 
     def chunk_ids(self) -> list[str]:
         """Every object's chunk_id (duplicates included: an object under a foreign id shows up twice)."""
@@ -570,9 +624,17 @@ class WeaviateIndex(VectorIndex):
             "tenant": self.tenant or None,
             "seq": seq,
             "pending_changes": IndexChange.objects.filter(id__gt=seq or 0).count() if seq is not None else None,
+            "embedding_model": self.model_name,
+            "stale_vectors": self.stale_chunks(),
             "failed_objects": self.failed_objects,
             "last_failures": self.last_failures[:5],
         }
+
+
+def _current_dimension() -> int:
+    from apps.retrieval.embedder import get_embedder
+
+    return get_embedder().dimension
 
 
 def _insert(collection, batch) -> dict[int, str]:

@@ -8,11 +8,13 @@ Implemented, because ragsite's backend sends it (found by reading weaviate-clien
 backend against this server with every other request recorded):
 - REST: GET /v1/meta, /v1/.well-known/live and /ready; GET, POST, DELETE /v1/schema[/{class}] (collections with
   named self-provided vectors, cosine HNSW, text / text[] / int / date properties with word or field tokenization,
-  optional multi-tenancy); HEAD, POST, DELETE /v1/schema/{class}/tenants.
+  optional multi-tenancy); POST /v1/schema/{class}/properties (add a property); HEAD, POST, DELETE
+  /v1/schema/{class}/tenants.
 - gRPC: grpc.health.v1.Health/Check; weaviate.v1.Weaviate/BatchObjects (upsert by id; per-object errors for
   schema violations, vector-length mismatches and objects a test asked to reject); BatchDelete (filter, dry run,
   verbose); Search: near_vector, bm25, hybrid (relativeScore and ranked fusion, alpha), plain listing with the
-  ``after`` cursor; filters Equal and ContainsAny on field-tokenized text, text[], int and the id, And, Or;
+  ``after`` cursor; filters Equal and ContainsAny on field-tokenized text, text[], int and the id,
+  GreaterThan(Equal) and LessThan(Equal) on int and date properties, And, Or;
   returned properties, id, distance, certainty, score and explain_score.
 - API keys (``Authorization: Bearer``) when started with one.
 

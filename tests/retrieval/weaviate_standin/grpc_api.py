@@ -25,6 +25,8 @@ from .store import NotImplementedByStandIn, StandInError
 logger = logging.getLogger(__name__)
 
 _F = base_pb2.Filters
+_RANGE = {_F.OPERATOR_GREATER_THAN: "gt", _F.OPERATOR_GREATER_THAN_EQUAL: "gte", _F.OPERATOR_LESS_THAN: "lt",
+          _F.OPERATOR_LESS_THAN_EQUAL: "lte"}
 _UNSUPPORTED_SEARCH = ("group_by", "generative", "rerank", "boost", "near_object", "near_text", "near_image",
                        "near_audio", "near_video", "near_depth", "near_thermal", "near_imu")
 
@@ -59,7 +61,7 @@ def decode_filter(flt: base_pb2.Filters):
     """The client's Filters message as the store's tuples; operators and targets not implemented fail loudly."""
     if flt.operator in (_F.OPERATOR_AND, _F.OPERATOR_OR):
         return ("and" if flt.operator == _F.OPERATOR_AND else "or", [decode_filter(f) for f in flt.filters])
-    if flt.operator not in (_F.OPERATOR_EQUAL, _F.OPERATOR_CONTAINS_ANY):
+    if flt.operator not in (_F.OPERATOR_EQUAL, _F.OPERATOR_CONTAINS_ANY, *_RANGE):
         raise NotImplementedByStandIn(f"filter operator {_F.Operator.Name(flt.operator)}")
     if flt.target.WhichOneof("target") != "property":
         raise NotImplementedByStandIn(f"filter target {flt.target.WhichOneof('target')}")
@@ -75,6 +77,10 @@ def decode_filter(flt: base_pb2.Filters):
     if kind not in values:
         raise NotImplementedByStandIn(f"filter value {kind}")
     value = values[kind]()
+    if flt.operator in _RANGE:
+        if isinstance(value, list):
+            raise NotImplementedByStandIn("a range filter with a list value")
+        return (_RANGE[flt.operator], flt.target.property, value)
     if flt.operator == _F.OPERATOR_CONTAINS_ANY:
         return ("contains_any", flt.target.property, value if isinstance(value, list) else [value])
     if isinstance(value, list):

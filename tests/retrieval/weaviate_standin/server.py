@@ -129,6 +129,10 @@ class WeaviateStandIn:
         collection = self.store.create(body)
         return 200, {**collection.config, "class": collection.name}
 
+    def _add_property(self, body, name):
+        self.store.collection(name).add_property(body)
+        return 200, body
+
     def _delete_collection(self, body, name):
         self.store.collections.pop(name[:1].upper() + name[1:], None)
         return 200, None
@@ -166,6 +170,7 @@ _ROUTES = [
     ("GET", r"/v1/schema/(?P<name>[A-Za-z0-9_]+)", WeaviateStandIn._get_collection),
     ("POST", r"/v1/schema", WeaviateStandIn._create_collection),
     ("DELETE", r"/v1/schema/(?P<name>[A-Za-z0-9_]+)", WeaviateStandIn._delete_collection),
+    ("POST", r"/v1/schema/(?P<name>[A-Za-z0-9_]+)/properties", WeaviateStandIn._add_property),
     ("HEAD", r"/v1/schema/(?P<name>[A-Za-z0-9_]+)/tenants/(?P<tenant>[^/]+)", WeaviateStandIn._tenant_exists),
     ("POST", r"/v1/schema/(?P<name>[A-Za-z0-9_]+)/tenants", WeaviateStandIn._create_tenants),
     ("DELETE", r"/v1/schema/(?P<name>[A-Za-z0-9_]+)/tenants", WeaviateStandIn._delete_tenants),

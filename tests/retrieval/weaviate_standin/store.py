@@ -1,7 +1,9 @@
 """The stand-in's data and the searches it runs: collections, tenants and objects in memory.
 
 Semantics copied from Weaviate where the contract tests can see them, and refused out loud where not implemented:
-- filters: Equal and ContainsAny on ``field``-tokenized text, text[], int and the object id; And, Or.
+- filters: Equal and ContainsAny on ``field``-tokenized text, text[], int and the object id; GreaterThan(Equal)
+  and LessThan(Equal) on int and date (RFC 3339, compared as instants; an object without the property never
+  matches); And, Or.
 - BM25 (k1 1.2, b 0.75) over one ``word``-tokenized property: lower-cased alphanumeric tokens, Weaviate's ``en``
   stop words removed from the query; document frequencies and mean length over the whole shard (collection or
   tenant), as Weaviate computes them, with the filter applied to the scored objects only.
@@ -77,6 +79,13 @@ class Shard:
 
 class Collection:
     CONFIG_KEYS = {"class", "description", "properties", "vectorConfig", "multiTenancyConfig"}
+
+    def add_property(self, prop: dict) -> None:
+        """POST /v1/schema/{class}/properties: a new property (existing objects simply lack it)."""
+        if prop.get("name") in self.properties:
+            raise StandInError(f"property '{prop.get('name')}' already exists")
+        self.properties.update(self._property_specs([prop]))
+        self.config = {**self.config, "properties": [*self.config.get("properties", []), prop]}
     PROPERTY_KEYS = {"name", "dataType", "tokenization", "indexSearchable", "indexFilterable", "description",
                      "skip_vectorization", "vectorize_property_name"}
 
@@ -86,18 +95,7 @@ class Collection:
             raise NotImplementedByStandIn(f"collection config {sorted(unknown)}")
         self.config = config
         self.name = config["class"][:1].upper() + config["class"][1:]
-        self.properties = {}
-        for prop in config.get("properties", []):
-            if set(prop) - self.PROPERTY_KEYS:
-                raise NotImplementedByStandIn(f"property settings {sorted(set(prop) - self.PROPERTY_KEYS)}")
-            data_type = prop["dataType"][0]
-            if data_type not in SUPPORTED_TYPES:
-                raise NotImplementedByStandIn(f"data type {data_type!r}")
-            tokenization = prop.get("tokenization") or ("word" if data_type.startswith("text") else None)
-            if tokenization not in (None, "word", "field"):
-                raise NotImplementedByStandIn(f"tokenization {tokenization!r}")
-            searchable = prop.get("indexSearchable", True) and data_type.startswith("text")
-            self.properties[prop["name"]] = {"type": data_type, "tokenization": tokenization, "searchable": searchable}
+        self.properties = self._property_specs(config.get("properties", []))
         self.vector_names = set()
         for name, vector in (config.get("vectorConfig") or {}).items():
             if vector.get("vectorizer") != {"none": {}}:
@@ -116,6 +114,21 @@ class Collection:
         self.multi_tenant = bool(mt.get("enabled"))
         self.tenants: dict[str, Shard] = {}
         self.single = Shard()
+
+    def _property_specs(self, properties: list) -> dict:
+        specs = {}
+        for prop in properties:
+            if set(prop) - self.PROPERTY_KEYS:
+                raise NotImplementedByStandIn(f"property settings {sorted(set(prop) - self.PROPERTY_KEYS)}")
+            data_type = prop["dataType"][0]
+            if data_type not in SUPPORTED_TYPES:
+                raise NotImplementedByStandIn(f"data type {data_type!r}")
+            tokenization = prop.get("tokenization") or ("word" if data_type.startswith("text") else None)
+            if tokenization not in (None, "word", "field"):
+                raise NotImplementedByStandIn(f"tokenization {tokenization!r}")
+            searchable = prop.get("indexSearchable", True) and data_type.startswith("text")
+            specs[prop["name"]] = {"type": data_type, "tokenization": tokenization, "searchable": searchable}
+        return specs
 
     def shard(self, tenant: str) -> Shard:
         if self.multi_tenant:
@@ -181,6 +194,8 @@ class Collection:
         if op == "or":
             return any(self.matches(obj, f) for f in flt[1])
         _, prop, wanted = flt
+        if op in ("gt", "gte", "lt", "lte"):
+            return self._in_range(obj, op, prop, wanted)
         if prop == "_id":
             have = {obj.uuid}
             wanted = [str(uuid_lib.UUID(str(v))) for v in (wanted if op == "contains_any" else [wanted])]
@@ -198,6 +213,24 @@ class Collection:
                 have = {v.strip() for v in have}
             wanted = wanted if op == "contains_any" else [wanted]
         return not have.isdisjoint(wanted)
+
+    def _in_range(self, obj: StoredObject, op: str, prop: str, wanted) -> bool:
+        spec = self.properties.get(prop)
+        if spec is None:
+            raise StandInError(f"no such prop with name '{prop}' found in class '{self.name}' in the schema")
+        value = obj.properties.get(prop)
+        if spec["type"] == "date":
+            bound = _parse_date(wanted) if isinstance(wanted, str) else None
+            if bound is None:
+                raise StandInError(f"invalid date filter value {wanted!r} for property '{prop}'")
+            value = _parse_date(value) if value is not None else None
+        elif spec["type"] == "int":
+            bound = wanted
+        else:
+            raise NotImplementedByStandIn(f"range filters on {spec['type']} property {prop!r}")
+        if value is None:
+            return False
+        return {"gt": value > bound, "gte": value >= bound, "lt": value < bound, "lte": value <= bound}[op]
 
     def allowed(self, shard: Shard, flt) -> list[StoredObject]:
         objects = sorted(shard.objects.values(), key=lambda o: o.uuid)

@@ -16,8 +16,10 @@ class Command(BaseCommand):
         parser.add_argument("--schedule", default="", help="cron expression for scheduled syncs")
         parser.add_argument("--group", dest="groups", action="append", default=[],
                             help="a group that may read the source (repeat for more); none: every signed-in user")
+        parser.add_argument("--classification", default="internal",
+                            help="label of its documents (public, internal, confidential, restricted)")
 
-    def handle(self, *args, name, kind, path, config, schedule, groups, **options):
+    def handle(self, *args, name, kind, path, config, schedule, groups, classification, **options):
         try:
             settings = json.loads(config) if config else {}
         except json.JSONDecodeError as exc:
@@ -27,7 +29,8 @@ class Command(BaseCommand):
         if path:
             settings["path"] = path
         try:
-            source = create_source(name=name, kind=kind, config=settings, schedule=schedule, groups=groups)
+            source = create_source(name=name, kind=kind, config=settings, schedule=schedule, groups=groups,
+                                   classification=classification)
         except SourceError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"created source {source.name!r} (id {source.pk})")
