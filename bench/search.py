@@ -6,10 +6,20 @@ POST /api/v1/search/ (hybrid, top_k 10) at concurrency 1, 4 and 8, for a user wh
 one who may read 5% of the corpus. In the same run it measures the raw cost: embedding the query plus the index
 search, in this process. It also prints the index's memory.
 
-Usage: .venv/bin/python bench/search.py [--sizes 10000 100000] [--requests 200]
+With --recall it measures the dense side alone instead, in-process: exact numpy search against the approximate
+faiss index (apps/retrieval/index/approx.py), recall@10 of the approximate results against the exact ones, and p50
+latency of each, for filters letting through 100%, 10%, 5% and 1% of the corpus (classification filters; the 5% is
+an access scope), with the nprobe the index uses and a sweep around it. Its vectors are realistic: the real
+all-MiniLM-L6-v2 embeddings of the 5,000 MS MARCO passages of ../shared/data (computed once, cached under
+~/.cache/ragsite-bench), and past 5,000 chunks mixtures of two of them (weights 0.6-0.9 / rest, a little noise,
+renormalised); queries are the 50 real queries plus 150 perturbed passages.
+
+Usage: .venv/bin/python bench/search.py [--sizes 10000 100000] [--requests 200] [--recall]
 """
 
 import argparse
+import dataclasses
+import json
 import os
 import random
 import statistics
@@ -17,10 +27,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import requests
-from common import REPO, Stack
+from common import COLLECTION, REPO, Stack, load_collection
 
 from tests.processes import stop_process, wait_for_http
 
@@ -30,8 +41,44 @@ WORDS = ("sensor calibration harbour tide gauge buoy salinity pressure firmware 
          "security network outage printer ticket customer renewal contract service level agreement response").split()
 
 
-def synthetic_corpus(stack: Stack, chunks: int, restricted_share=0.05):
-    """Documents of 5 chunks each; 5% of documents readable by group 'five', the rest by group 'rest'."""
+VECTOR_CACHE = Path.home() / ".cache" / "ragsite-bench" / "msmarco-5k-minilm.npz"
+
+
+def real_vectors():
+    """(passage vectors, query vectors) of the MS MARCO collection from the real model; cached after the first run."""
+    if VECTOR_CACHE.exists():
+        with np.load(VECTOR_CACHE) as data:
+            return data["passages"], data["queries"]
+    from apps.retrieval.embedder import get_embedder
+
+    corpus, judged, _ = load_collection()
+    queries = [json.loads(line)["text"] for line in (COLLECTION / "queries.jsonl").open()]
+    embedder = get_embedder()
+    print(f"embedding {len(corpus)} passages once (cached in {VECTOR_CACHE}) ...", flush=True)
+    passages = embedder.encode([f"{p.get('title', '')} {p['text']}".strip() for p in corpus])
+    query_vectors = embedder.encode(queries)
+    VECTOR_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(VECTOR_CACHE, passages=passages, queries=query_vectors)
+    return passages, query_vectors
+
+
+def realistic_vectors(n: int, rng) -> np.ndarray:
+    passages, _ = real_vectors()
+    if n <= len(passages):
+        return passages[:n].astype(np.float32)
+    extra = n - len(passages)
+    i, j = rng.integers(0, len(passages), extra), rng.integers(0, len(passages), extra)
+    w = rng.uniform(0.6, 0.9, (extra, 1)).astype(np.float32)
+    mixed = w * passages[i] + (1 - w) * passages[j] + rng.normal(0, 0.02, (extra, passages.shape[1])).astype(
+        np.float32)
+    mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+    return np.vstack([passages, mixed]).astype(np.float32)
+
+
+def synthetic_corpus(stack: Stack, chunks: int, restricted_share=0.05, vectors=None):
+    """Documents of 5 chunks each; 5% of documents readable by group 'five', the rest by group 'rest'. Documents
+    are classified so that 1% are 'restricted', 9% 'confidential' and the rest 'internal'. ``vectors``: one row per
+    chunk (random unit vectors when None)."""
     stack.django_here()
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
@@ -52,16 +99,21 @@ def synthetic_corpus(stack: Stack, chunks: int, restricted_share=0.05):
             docs, access, rows = [], [], []
             for d in range(start, min(n_docs, start + 2000)):
                 doc_id = document_id_for(source.pk, f"doc-{d}")
+                classification = "restricted" if d % 100 == 0 else "confidential" if d % 10 == 0 else "internal"
                 docs.append(Document(id=doc_id, source=source, external_id=f"doc-{d}", uri=f"synthetic://{d}",
-                                     title=f"Document {d}", content_type="text/plain", content_hash=f"{d:064x}"))
+                                     title=f"Document {d}", content_type="text/plain", content_hash=f"{d:064x}",
+                                     classification=classification))
                 group = "five" if d % int(1 / restricted_share) == 0 else "rest"
                 access.append(DocumentAccess(document_id=doc_id, principal=f"group:{group}"))
-                vectors = rng.standard_normal((5, dim)).astype(np.float32)
-                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                if vectors is None:
+                    doc_vectors = rng.standard_normal((5, dim)).astype(np.float32)
+                    doc_vectors /= np.linalg.norm(doc_vectors, axis=1, keepdims=True)
+                else:
+                    doc_vectors = vectors[d * 5 : d * 5 + 5]
                 for o in range(5):
                     text = " ".join(words.choice(WORDS) for _ in range(60))
                     rows.append(Chunk(id=chunk_id_for(doc_id, o), document_id=doc_id, ordinal=o, text=text,
-                                      text_hash=f"{d:032x}{o:032x}", embedding=vector_to_bytes(vectors[o]),
+                                      text_hash=f"{d:032x}{o:032x}", embedding=vector_to_bytes(doc_vectors[o]),
                                       embedding_model=model, embedding_dim=dim))
             Document.objects.bulk_create(docs)
             DocumentAccess.objects.bulk_create(access)
@@ -112,7 +164,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--recall", action="store_true", help="exact vs approximate dense search (in-process)")
     args = parser.parse_args()
+    if args.recall:
+        for size in args.sizes:
+            subprocess.run([sys.executable, __file__, "--one-recall", str(size)], check=True)
+        return
     queries = [" ".join(random.Random(q).choice(WORDS) for _ in range(5)) for q in range(50)]
     for size in args.sizes:
         # A fresh interpreter per size keeps each measurement's memory and caches separate.
@@ -176,8 +233,74 @@ def one_size(size: int, n: int, queries: list[str]):
         stop_process(web)
 
 
+def recall_size(size: int):
+    """Exact vs approximate dense search through the embedded index, at allowed shares of 100%, 10%, 5% and 1%."""
+    stack = Stack(broker_db=10)
+    stack.manage("migrate", "--noinput", "-v0")
+    stack.django_here()
+    rng = np.random.default_rng(11)
+    vectors = realistic_vectors(size, rng)
+    synthetic_corpus(stack, size, vectors=vectors)
+    from django.test import override_settings
+
+    from apps.accounts.access import AccessScope
+    from apps.retrieval.index.approx import approx_settings
+    from apps.retrieval.index.embedded import EmbeddedIndex
+    from apps.retrieval.search import parse_filters
+
+    passages, query_vectors = real_vectors()
+    extra = passages[rng.integers(0, len(passages), 150)] + rng.normal(0, 0.03, (150, passages.shape[1]))
+    queries = np.vstack([query_vectors, extra]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    everyone = AccessScope(frozenset(), unrestricted=True)
+    directory = stack.data / "recall-index"
+    with override_settings(INDEX_APPROX={"enabled": False}):
+        exact = EmbeddedIndex(directory / "exact")
+        t = time.perf_counter()
+        exact.rebuild()
+        print(f"\n== {size:,} chunks (realistic vectors): exact index loaded in {time.perf_counter() - t:.1f} s")
+    config = approx_settings()
+    with override_settings(INDEX_APPROX={"min_rows": 0, "min_allowed": 0, "min_fraction": 0.0}):
+        approx = EmbeddedIndex(directory / "approx")
+        t = time.perf_counter()
+        approx.rebuild()
+        built = time.perf_counter() - t
+    print(f"approximate index: faiss IVF-Flat, nlist {approx._approx.nlist}, built with the load in {built:.1f} s")
+    five = AccessScope(frozenset({"group:five"}))  # the 5% of documents group 'five' may read
+    shares = (("100%", everyone, None), ("10%", everyone, {"classification": ["restricted", "confidential"]}),
+              ("5%", five, None), ("1%", everyone, {"classification": ["restricted"]}))
+    for label, scope, filters in shares:
+        flt = parse_filters(filters)
+
+        def run(index, queries=queries, flt=flt, scope=scope):
+            times, found = [], []
+            index.search(queries[0], scope, 10, mode="dense", filters=flt)  # warm the mask cache
+            for q in queries:
+                t = time.perf_counter()
+                hits = index.search(q, scope, 10, mode="dense", filters=flt)
+                times.append((time.perf_counter() - t) * 1000)
+                found.append({h.chunk_id for h in hits})
+            return statistics.median(times), found
+
+        exact_ms, truth = run(exact)
+        line = f"allowed {label:>4}: exact p50 {exact_ms:6.2f} ms"
+        forced = dataclasses.replace(config, min_allowed=0, min_fraction=0.0)  # measure faiss at every share
+        for nprobe in sorted({config.nprobe // 2, config.nprobe, config.nprobe * 2}):
+            approx._approx.config = dataclasses.replace(forced, nprobe=nprobe)
+            ms, found = run(approx)
+            recall = statistics.mean(len(a & b) / max(1, len(b)) for a, b in zip(found, truth, strict=True))
+            mark = " (default)" if nprobe == config.nprobe else ""
+            line += f" | faiss nprobe {nprobe}{mark}: p50 {ms:6.2f} ms, recall@10 {recall:.3f}"
+        approx._approx.config = config  # the defaults decide which path a real search takes
+        allowed = len(approx._allowed(approx._state, scope, flt).rows)
+        chosen = "approximate" if approx._approx.worth_it(allowed) else "exact"
+        print(f"{line} | the index uses: {chosen}", flush=True)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+    if len(sys.argv) > 1 and sys.argv[1] == "--one-recall":
+        recall_size(int(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--one":
         one_size(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
     else:
         main()

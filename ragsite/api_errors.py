@@ -18,3 +18,13 @@ def exception_handler(exc, context):
     elif response is not None and isinstance(response.data, list):
         response.data = {"detail": _first_message(response.data), "errors": response.data}
     return response
+
+
+def not_found(request, exception):
+    """handler404: under /api/ an unrouted URL (`sources/abc/grants/`) answers JSON like the API's own 404s."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return page_not_found(request, exception)

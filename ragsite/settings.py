@@ -301,6 +301,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
 }
+# >>> API SCHEMA (ragsite/api_schema.py, ragsite/pagination.py; checked by tests/test_api_schema.py)
+# Error responses documented on every operation; request components split from response ones, so required strings
+# say minLength 1; limit/offset refused with a 400 when out of bounds instead of silently replaced.
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "ragsite.api_schema.AutoSchema"
+REST_FRAMEWORK["DEFAULT_PAGINATION_CLASS"] = "ragsite.pagination.StrictLimitOffsetPagination"
+SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
+# <<< API SCHEMA
 
 # Cache: shared by every process (rate limits must count across gunicorn workers); Redis on one machine.
 CACHES = {

@@ -23,3 +23,5 @@ urlpatterns = [
     path("auth/", include("apps.accounts.sso.urls")),
     path("auth/", include("social_django.urls", namespace="social")),
 ]
+
+handler404 = "ragsite.api_errors.not_found"

@@ -23,7 +23,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 from django.db.models import F
-from django.db.models.signals import m2m_changed
+from django.db.models.signals import m2m_changed, post_delete, pre_delete
 
 from ragsite.errors import FieldError
 
@@ -248,6 +248,27 @@ m2m_changed.connect(_reader_groups_changed, sender="ingestion.Source_reader_grou
                     dispatch_uid="accounts.reader_groups_changed")
 m2m_changed.connect(_reader_groups_before_clear, sender="ingestion.Source_reader_groups",
                     dispatch_uid="accounts.reader_groups_before_clear")
+
+
+def _group_about_to_go(sender, instance, **kwargs):
+    # Its reader-group rows and grants are deleted by cascade, which sends no m2m signal: note what it reached.
+    from apps.ingestion.models import Document
+
+    documents = DocumentGroupObjectPermission.objects.filter(group=instance).values_list("content_object_id")
+    instance._reached_sources = {
+        *instance.readable_sources.values_list("pk", flat=True),
+        *SourceGroupObjectPermission.objects.filter(group=instance).values_list("content_object_id", flat=True),
+        *Document.objects.filter(pk__in=documents).values_list("source_id", flat=True),
+    }
+
+
+def _group_gone(sender, instance, **kwargs):
+    for source_id in sorted(getattr(instance, "_reached_sources", ())):
+        rewrite_access(source_id)
+
+
+pre_delete.connect(_group_about_to_go, sender=Group, dispatch_uid="accounts.group_about_to_go")
+post_delete.connect(_group_gone, sender=Group, dispatch_uid="accounts.group_gone")
 
 
 # --- grants -------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ class ReconcileReport:
     missing: int
     orphaned: int
     duplicates: int
+    stale: int = 0  # chunks whose vector is of another embedding model (indexed lexically; `manage.py reembed`)
     repaired: bool = False
 
     @property
@@ -25,13 +26,16 @@ def reconcile(repair=False) -> ReconcileReport:
     index = get_index()
     index.refresh()
     in_index = Counter(index.chunk_ids())
-    in_db = {str(i) for i in Chunk.objects.filter(embedding_model=get_embedder().name).values_list("id", flat=True)}
+    # Every chunk is indexed, those of another embedding model lexically only (see reembed.py).
+    in_db = {str(i) for i in Chunk.objects.values_list("id", flat=True)}
+    embedder = get_embedder()
     report = ReconcileReport(
         database=len(in_db),
         index=sum(in_index.values()),
         missing=len(in_db - set(in_index)),
         orphaned=len(set(in_index) - in_db),
         duplicates=sum(n - 1 for n in in_index.values() if n > 1),
+        stale=Chunk.objects.exclude(embedding_model=embedder.name, embedding_dim=embedder.dimension).count(),
     )
     if repair and report.drift:
         index.rebuild()

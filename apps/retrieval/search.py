@@ -122,7 +122,10 @@ def _moment(name: str, value) -> datetime | None:
     if parsed is None:
         raise SearchError(f"filters.{name}", "must be an ISO 8601 date or date-time, like 2024-05-01 or "
                                              "2024-05-01T12:00:00Z")
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC moment (was a 500)
+        raise SearchError(f"filters.{name}", "is out of range once converted to UTC") from None
 
 
 def _source_ids(filters: dict) -> set[int] | None:

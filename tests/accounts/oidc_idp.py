@@ -37,9 +37,17 @@ def _require(tool: str) -> str:
     return path
 
 
+MIN_NODE = (20, 19)  # oidc-provider 9's floor (package.json "engines"); Debian 12's own nodejs is 18
+
+
 def ensure_installed():
     """`npm ci` from the committed lock file when node_modules is missing (a fresh checkout, CI)."""
-    _require("node")
+    node = _require("node")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    found = tuple(int(part) for part in version.lstrip("v").split(".")[:2])
+    if found < MIN_NODE:
+        pytest.fail(f"Node.js {version} is too old for oidc-provider 9 (needs {MIN_NODE[0]}.{MIN_NODE[1]}+): install "
+                    "nodejs 20 or 22 (NodeSource, or Debian 13's nodejs)", pytrace=False)
     if (IDP_DIR / "node_modules" / "oidc-provider" / "package.json").exists():
         return
     npm = _require("npm")

@@ -173,7 +173,7 @@ def _strings(response) -> str:
         return response.content.decode()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                 HealthCheck.too_slow])
 @given(w=world)
 def test_nothing_leaks(corpus, w):

@@ -378,3 +378,56 @@ def test_source_group_inline_is_audited_and_revocable(indexed_source, admin_user
     assert not SourceUserObjectPermission.objects.exists()
     assert _readers(_doc(indexed_source, EXPENSES)) == {"authenticated"}
     assert AuditEvent.objects.filter(action="access.revoke", data__user="bob").exists()
+
+
+def test_weaviate_follows_grants_through_the_outbox(indexed_source, bob, manager, settings, capsys):
+    """The same outbox drives the Weaviate backend (here the wire-level STAND-IN in tests/retrieval/weaviate_standin,
+    NOT a real Weaviate): a grant and a revoke reach its principals filter."""
+    from apps.retrieval.index import get_index
+    from tests.retrieval.weaviate_standin import WeaviateStandIn
+
+    server = WeaviateStandIn().start()
+    try:
+        settings.VECTOR_BACKEND = "weaviate"
+        settings.WEAVIATE_URL, settings.WEAVIATE_GRPC_PORT = server.url, server.grpc_port
+        get_index.cache_clear()
+        index = get_index()
+        index.refresh()  # imports every chunk: a new collection
+        hr = _doc(indexed_source, HR_DOC)
+        hr_chunks = {str(c) for c in hr.chunks.values_list("pk", flat=True)}
+
+        def bob_sees():
+            hits = index.search(None, access_scope(bob), 10, query="parental leave", mode="lexical")
+            return bool(hr_chunks & {str(h.chunk_id) for h in hits})
+
+        assert not bob_sees()
+        latencies = {}
+        for step, expected in ((lambda: grants.grant(hr, user=bob, actor=manager), True),
+                               (lambda: grants.revoke(hr, user=bob, actor=manager), False)):
+            started = time.perf_counter()
+            step()
+            while bob_sees() != expected:
+                assert time.perf_counter() - started < 60, "Weaviate did not follow within 60 s"
+                time.sleep(0.05)
+            latencies["grant" if expected else "revoke"] = time.perf_counter() - started
+        assert server.unknown_calls == []
+        with capsys.disabled():
+            print(f"\n[latency, weaviate stand-in] grant->visible {latencies['grant'] * 1000:.0f} ms, "
+                  f"revoke->invisible {latencies['revoke'] * 1000:.0f} ms")
+    finally:
+        index = get_index()
+        if hasattr(index, "close"):
+            index.close()
+        get_index.cache_clear()
+        server.stop()
+
+
+def test_deleting_a_group_removes_what_it_was_granted(indexed_source, manager):
+    expenses, hr = _doc(indexed_source, EXPENSES), _doc(indexed_source, HR_DOC)
+    team = Group.objects.create(name="team")
+    indexed_source.reader_groups.add(team)
+    grants.grant(hr, group=team, actor=manager)
+    assert _readers(expenses) == {"group:team"} and _readers(hr) == {"group:hr", "group:team"}
+    team.delete()
+    # A group created later under the same name must not inherit its readers.
+    assert _readers(expenses) == {"authenticated"} and _readers(hr) == {"group:hr"}

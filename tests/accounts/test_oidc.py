@@ -51,11 +51,15 @@ class Browser:
         self.base, self.idp = base_url, idp
         self.http = requests.Session()
 
-    def start(self) -> requests.Response:
-        """POST /auth/login/oidc/ (CSRF-protected) and follow to the IdP's login form."""
-        self.http.get(f"{self.base}/admin/login/", timeout=10)  # sets the csrftoken cookie
-        response = self.http.post(f"{self.base}/auth/login/oidc/",
-                                  data={"csrfmiddlewaretoken": self.http.cookies["csrftoken"]}, timeout=30)
+    def start(self, next_url: str = "") -> requests.Response:
+        """Our sign-in page, its form posted (CSRF-protected) to /auth/login/oidc/, followed to the IdP's form."""
+        page = self.http.get(f"{self.base}/auth/oidc/login/", params={"next": next_url} if next_url else None,
+                             timeout=10)
+        assert page.status_code == 200, page.text[:500]
+        action = re.search(r'<form id="oidc-login" method="post" action="([^"]+)"', page.text).group(1)
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text))
+        assert action == "/auth/login/oidc/" and fields["csrfmiddlewaretoken"]
+        response = self.http.post(f"{self.base}{action}", data=fields, timeout=30)
         assert response.status_code == 200, response.text[:500]
         assert response.url.startswith(f"{self.idp.issuer}/interaction/"), response.url
         assert 'name="password"' in response.text
@@ -192,6 +196,23 @@ def test_wrong_client_secret_is_refused_and_audited(browser, settings):
     assert event.data["stage"] == "token_exchange" and event.data["provider_code"] == "invalid_client"
     assert "InvalidClientAuth" in browser.idp.log()  # the provider itself refused our client's credentials
     assert not get_user_model().objects.filter(social_auth__provider="oidc").exists()
+
+
+def test_sign_in_returns_to_the_page_asked_for_and_only_to_this_site(browser, live_server, oidc):
+    form = browser.start(next_url="/admin/auth/user/?from=sso")
+    callback = callback_response(browser.submit(form, "alice", ALICE["password"]))
+    assert callback.status_code == 302 and callback.headers["Location"] == "/admin/auth/user/?from=sso"
+
+    elsewhere = Browser(live_server.url, oidc)
+    callback = callback_response(elsewhere.submit(elsewhere.start(next_url="https://evil.example/"), "alice",
+                                                  ALICE["password"]))
+    assert callback.status_code == 302 and callback.headers["Location"] == "/admin/"
+
+
+def test_sign_in_page_is_404_when_oidc_is_off(client, settings):
+    assert "apps.accounts.sso.oidc.OidcAuth" not in settings.AUTHENTICATION_BACKENDS
+    response = client.get("/auth/oidc/login/")
+    assert response.status_code == 404 and b"not configured" in response.content
 
 
 def test_begin_needs_post_with_csrf(live_server, oidc):

@@ -44,3 +44,38 @@ def test_list_queries_do_not_grow_with_rows(roles, url, tmp_path):
     many, body = _count(client, url)
     assert body["count"] > 8  # the second listing really has more rows
     assert many == few
+
+
+def _grant_listing_counts(client, url, target, grantees):
+    """Queries for the listing with the first third of the grantees granted, then with all of them."""
+    from apps.accounts import grants
+
+    third = len(grantees) // 3
+    counts = []
+    for batch in (grantees[:third], grantees[third:]):
+        for user, group in batch:
+            grants.grant(target, user=user, group=group)
+        queries, body = _count(client, url)
+        counts.append((queries, len(body["users"]) + len(body["groups"])))
+    return counts
+
+
+@pytest.mark.parametrize("target", ["source", "document"])
+def test_grant_listings_do_not_grow_with_grants(roles, target, tmp_path):
+    """GET sources/{id}/grants/ and documents/{id}/grants/ for N and 3N grants (users and groups, each with a
+    granting user): the same number of queries."""
+    from django.contrib.auth.models import Group
+
+    manager = UserFactory(username="granter", groups=["power_user"])
+    client = token_client(manager)
+    source = Source.objects.create(name="granted", config={"path": str(tmp_path)})
+    _documents(source, 1)
+    obj = source if target == "source" else Document.objects.get(source=source)
+    url = f"/api/v1/{target}s/{obj.pk}/grants/"
+    grantees = []
+    for i in range(6):
+        grantees.append((UserFactory(username=f"reader{i}"), None))
+        grantees.append((None, Group.objects.create(name=f"team{i}")))
+    (few, listed_few), (many, listed_many) = _grant_listing_counts(client, url, obj, grantees)
+    assert (listed_few, listed_many) == (4, 12)  # the second listing really has three times the grants
+    assert many == few

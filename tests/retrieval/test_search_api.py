@@ -110,6 +110,17 @@ def test_token_use_updates_last_used(indexed_source, bob):
         ({"query": "VPN", "filters": "source"}, "filters"),
         ({"query": "VPN", "filters": {"source": [True]}}, "filters.source"),
         ({"query": ["VPN"]}, "query"),
+        ({"query": "VPN", "filters": {"classification": ["secret"]}}, "filters.classification"),
+        ({"query": "VPN", "filters": {"classification": []}}, "filters.classification"),
+        ({"query": "VPN", "filters": {"classification": [3]}}, "filters.classification"),
+        ({"query": "VPN", "filters": {"modified_after": "yesterday"}}, "filters.modified_after"),
+        ({"query": "VPN", "filters": {"modified_after": "2024-13-01"}}, "filters.modified_after"),
+        ({"query": "VPN", "filters": {"modified_before": 20240101}}, "filters.modified_before"),
+        ({"query": "VPN", "filters": {"modified_after": "2024-02-01", "modified_before": "2024-01-01"}},
+         "filters.modified_before"),
+        ({"query": "VPN", "offset": -1}, "offset"),
+        ({"query": "VPN", "offset": "next"}, "offset"),
+        ({"query": "VPN", "offset": 95, "top_k": 10}, "offset"),
     ],
 )
 def test_bad_requests_get_400_naming_the_field(indexed_source, bob, payload, field):
@@ -133,6 +144,43 @@ def test_search_command_prints_the_api_results(indexed_source, bob, capsys):
     call_command("search", "laptop encryption", "--user", "bob", "--top-k", "4", "--json")
     printed = json.loads(capsys.readouterr().out)
     assert [r["chunk_id"] for r in printed["results"]] == [r["chunk_id"] for r in api["results"]]
+
+
+def test_search_command_pages_and_filters_like_the_api(indexed_source, bob, capsys):
+    import json
+
+    from django.core.management import call_command
+
+    body = {"query": "policy", "top_k": 2, "offset": 1, "filters": {"classification": ["internal"],
+                                                                     "modified_after": "2000-01-01"}}
+    api = token_client(bob).post(URL, body, format="json").json()
+    assert api["results"]
+    call_command("search", "policy", "--user", "bob", "--top-k", "2", "--offset", "1", "--classification",
+                 "internal", "--modified-after", "2000-01-01", "--json")
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["chunk_id"] for r in printed["results"]] == [r["chunk_id"] for r in api["results"]]
+    assert printed["next_offset"] == api["next_offset"] and printed["offset"] == 1
+
+
+def test_search_command_names_a_bad_filter(indexed_source, bob):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="filters.classification: unknown classification 'secret'"):
+        call_command("search", "policy", "--user", "bob", "--classification", "secret")
+
+
+def test_openapi_documents_filters_and_pages(indexed_source, admin_user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(admin_user)
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    components = schema["components"]["schemas"]
+    assert {"offset", "filters"} <= set(components["SearchRequestRequest"]["properties"])
+    assert {"classification", "modified_after", "modified_before", "source"} <= set(
+        components["SearchFiltersRequest"]["properties"])
+    assert {"next_offset", "offset", "served_mode", "results", "took_ms"} <= set(
+        components["SearchResponse"]["properties"])
 
 
 def test_pdf_results_cite_their_page(indexed_source, bob, corpus_dir):

@@ -46,3 +46,16 @@ def saml_metadata(request):
         return HttpResponse("SP metadata is invalid: " + ", ".join(errors) + "\n", status=503,
                             content_type="text/plain")
     return HttpResponse(metadata, content_type="application/samlmetadata+xml")
+
+
+@ensure_csrf_cookie
+@never_cache
+def oidc_login(request):
+    """The OpenID Connect sign-in button: a form that posts (with its CSRF token) to /auth/login/oidc/."""
+    if "apps.accounts.sso.oidc.OidcAuth" not in settings.AUTHENTICATION_BACKENDS:
+        return render(request, "accounts/sso_error.html", {"message": "OpenID Connect sign-in is not configured."},
+                      status=404)
+    next_url = request.GET.get("next", "")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = ""
+    return render(request, "accounts/oidc_login.html", {"next": next_url})

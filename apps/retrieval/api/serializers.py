@@ -1,4 +1,5 @@
 from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerializerFieldExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -8,17 +9,54 @@ from ..answer import ANSWER_DEFAULT_SENTENCES, ANSWER_DEFAULT_TOP_K, ANSWER_MAX_
 from ..search import SEARCH_MAX_WINDOW
 
 
+# The schema states what search.parse_filters accepts (tests/test_api_schema.py holds the server to it).
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"},
+                                {"type": "array", "minItems": 1, "items": {"oneOf": [{"type": "string"},
+                                                                                     {"type": "integer"}]}}]})
+class SourceRefField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field({"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]})
+class MomentField(serializers.CharField):
+    pass
+
+
+class GenerateField(serializers.BooleanField):
+    """`generate`; the schema offers `true` only while a generator is configured (the server refuses it otherwise)."""
+
+
+class _GenerateFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = GenerateField
+
+    def map_serializer_field(self, auto_schema, direction):
+        from .. import generator
+
+        return {"type": "boolean"} if generator.enabled() else {"type": "boolean", "enum": [False]}
+
+
 class SearchFiltersSerializer(serializers.Serializer):
     """The shape of ``filters`` (for the schema). Values are checked by search.parse_filters, which names the bad
     key (``filters.classification: ...``) and refuses unknown keys."""
 
-    source = serializers.JSONField(required=False, help_text="a source name or id, or a list of them")
+    # null is the same as leaving the key out
+    source = SourceRefField(required=False, allow_null=True, help_text="a source name or id, or a list of them")
     classification = serializers.ListField(child=serializers.ChoiceField(choices=CLASSIFICATIONS), required=False,
+                                           allow_null=True, min_length=1,
                                            help_text="documents of any of these classifications")
-    modified_after = serializers.CharField(required=False, help_text="ISO 8601 date or date-time (UTC unless it "
-                                           "names an offset); documents modified at or after it")
-    modified_before = serializers.CharField(required=False, help_text="ISO 8601 date or date-time; documents "
-                                            "modified before it. Documents without a date match no date filter")
+    modified_after = MomentField(required=False, allow_null=True, help_text="ISO 8601 date or date-time (UTC unless "
+                                 "it names an offset); documents modified at or after it")
+    modified_before = MomentField(required=False, allow_null=True, help_text="ISO 8601 date or date-time; documents "
+                                  "modified before it. Documents without a date match no date filter")
+
+
+class _SearchFiltersSchema(OpenApiSerializerExtension):
+    """parse_filters refuses keys it does not know, so the schema says so."""
+
+    target_class = SearchFiltersSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        return {**auto_schema._map_basic_serializer(self.target, direction), "additionalProperties": False}
 
 
 @extend_schema_field(SearchFiltersSerializer)
@@ -58,9 +96,8 @@ class SearchResponseSerializer(serializers.Serializer):
     took_ms = serializers.FloatField()
     offset = serializers.IntegerField(help_text="the offset of this page")
     next_offset = serializers.IntegerField(allow_null=True, help_text="offset of the next page; null on the last")
-    served_mode = serializers.ChoiceField(choices=["hybrid", "dense", "lexical"],
-                                          help_text="the mode actually served: lexical while the index holds vectors "
-                                                    "of another embedding model")
+    served_mode = serializers.CharField(help_text="the mode actually served (hybrid, dense or lexical): lexical "
+                                                  "while the index holds vectors of another embedding model")
     warnings = serializers.ListField(child=serializers.CharField(), required=False)
 
 
@@ -74,8 +111,8 @@ class AnswerRequestSerializer(SearchRequestSerializer):
     max_sentences = serializers.IntegerField(min_value=1, max_value=ANSWER_MAX_SENTENCES,
                                              default=ANSWER_DEFAULT_SENTENCES,
                                              help_text="extractive answer: how many sentences at most")
-    generate = serializers.BooleanField(default=False,
-                                        help_text="write the answer with the configured language model")
+    generate = GenerateField(default=False, help_text="write the answer with the configured language model "
+                             "(refused with a 400 while none is configured: ANSWER_LLM_URL)")
 
 
 class CitationSerializer(serializers.Serializer):

@@ -41,15 +41,11 @@ def approx_settings() -> ApproxSettings:
     return ApproxSettings(**overrides)
 
 
-def _threads_once():
-    import faiss
-
-    # One OpenMP thread per search: gunicorn already runs several requests at once, and on two cores faiss's
-    # own threads for a single query cost more in start-up than they save (measured).
-    faiss.omp_set_num_threads(1)
-
-
 class ApproximateIndex:
+    """faiss's OpenMP thread count is left alone: faiss and torch share one OpenMP runtime here, so setting it for
+    faiss would also slow the embedding model (measured: torch.get_num_threads() fell from 2 to 1). A one-query IVF
+    search runs on one thread anyway (faiss parallelises over queries)."""
+
     def __init__(self, index, config: ApproxSettings, trained_on: int):
         self.index = index
         self.config = config
@@ -64,7 +60,6 @@ class ApproximateIndex:
     def build(cls, vectors: np.ndarray, ids: np.ndarray, config: ApproxSettings) -> "ApproximateIndex":
         import faiss
 
-        _threads_once()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         dim = vectors.shape[1]
         nlist = cls.nlist_for(len(vectors))
@@ -82,7 +77,6 @@ class ApproximateIndex:
     def load(cls, path: Path, config: ApproxSettings) -> "ApproximateIndex":
         import faiss
 
-        _threads_once()
         index = faiss.read_index(str(path))
         return cls(index, config, int(index.ntotal))
 
@@ -117,6 +111,18 @@ class ApproximateIndex:
     def remove(self, ids: np.ndarray) -> None:
         if len(ids):
             self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def ids(self) -> np.ndarray:
+        """Every id held, in no particular order (read from the inverted lists)."""
+        import faiss
+
+        lists = self.index.invlists
+        parts = []
+        for number in range(self.nlist):
+            size = lists.list_size(number)
+            if size:
+                parts.append(faiss.rev_swig_ptr(lists.get_ids(number), size).copy())
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def needs_rebuild(self, current: int) -> bool:
         """The lists were trained on a corpus of a very different size: retrain for balanced lists."""

@@ -158,6 +158,9 @@ class EmbeddedIndex(VectorIndex):
                     self._approx = self._approx or self._build_approx(state)
                     self._state = state
                     self._last_refresh = 0.0
+                    if state.stale:
+                        logger.warning("%d chunks carry vectors of another embedding model than %s: dense search is "
+                                       "refused until `manage.py reembed` has run", state.stale, self.model_name)
         return self._state
 
     def _load_snapshot(self) -> _State | None:
@@ -311,7 +314,11 @@ class EmbeddedIndex(VectorIndex):
         except (OSError, RuntimeError, ValueError) as exc:
             logger.warning("ignoring unreadable approximate index %s: %s", self.approx_path, exc)
             return None
-        if approx.ntotal != int(np.count_nonzero(state.current)):  # not written with this snapshot: rebuild
+        # Written after the snapshot: a reader may meet a newer or older file than its snapshot. Only the exact
+        # same set of ids is used; anything else is rebuilt from the snapshot's vectors.
+        if approx.ntotal != int(np.count_nonzero(state.current)) or \
+                not np.array_equal(np.sort(approx.ids()), np.sort(state.slots[state.current])):
+            logger.info("approximate index %s does not match the snapshot; rebuilding it", self.approx_path)
             return None
         return approx
 

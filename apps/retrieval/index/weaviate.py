@@ -359,6 +359,7 @@ class WeaviateIndex(VectorIndex):
         finally:
             self._apply_lock.release()
         self._last_refresh = time.monotonic()
+        self._stale = None  # chunks may have been re-embedded: count again
         if self.last_failures:
             self._retry_at = self._last_refresh + FAILED_RETRY_SECONDS
 

@@ -19,6 +19,9 @@ class Command(BaseCommand):
             f"database {report.database} chunks, index {report.index} vectors: missing {report.missing}, "
             f"orphaned {report.orphaned}, duplicates {report.duplicates}"
         )
+        if report.stale:
+            self.stdout.write(f"{report.stale} chunks carry vectors of another embedding model (served lexical-only); "
+                              "run `manage.py reembed`")
         if report.repaired:
             self.stdout.write("repaired: index rebuilt from the database")
         elif report.drift:

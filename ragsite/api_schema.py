@@ -1,0 +1,67 @@
+"""The OpenAPI schema says what the API really answers: its error responses and the strings it refuses.
+
+drf-spectacular documents only the success response of each operation, yet every operation may answer 401/403
+(credentials, role), 404 (a path id), 400 (a bad body or query parameter), 415 (a body in another media type) and
+429 (throttled), all with the body ``ragsite.api_errors`` builds. A client generated from the schema, or a schema
+fuzzer (tests/test_api_schema.py runs schemathesis), needs them listed.
+"""
+
+from drf_spectacular import openapi
+from rest_framework import serializers
+from rest_framework.throttling import ScopedRateThrottle
+
+ERROR_DESCRIPTIONS = {
+    "400": "Bad request: `detail` names the first bad field, `errors` has every field's messages",
+    "401": "No credentials, or credentials that are invalid, expired or revoked",
+    "403": "Signed in, but the role or the token's scope does not allow this",
+    "404": "No such object, or one the caller may not see (the same answer for both)",
+    "415": "The body is not in a media type the operation accepts",
+    "429": "Throttled: try again after `Retry-After` seconds",
+}
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField(help_text="One message; for a bad field it starts with the field's name")
+    errors = serializers.JSONField(required=False, help_text="DRF's messages per field, when fields were at fault")
+
+
+class AutoSchema(openapi.AutoSchema):
+    def get_operation(self, path, path_regex, path_prefix, method, registry):
+        operation = super().get_operation(path, path_regex, path_prefix, method, registry)
+        if operation is None:
+            return None
+        responses = operation["responses"]
+        for code in self._error_codes(operation):
+            if code not in responses:
+                response = self._get_response_for_code(ErrorSerializer, code)
+                responses[code] = {**response, "description": ERROR_DESCRIPTIONS[code]}
+        return operation
+
+    def _error_codes(self, operation) -> list[str]:
+        parameters = operation.get("parameters", [])
+        codes = []
+        if operation.get("requestBody") or any(p["in"] == "query" for p in parameters):
+            codes.append("400")
+        if operation.get("security") and {} not in operation["security"]:
+            codes += ["401", "403"]
+        if any(p["in"] == "path" for p in parameters):
+            codes.append("404")
+        if operation.get("requestBody"):
+            codes.append("415")
+        if self._is_throttled():
+            codes.append("429")
+        return codes
+
+    def _is_throttled(self) -> bool:
+        # The default throttles are scoped: they count only on views that name a throttle_scope.
+        return any(getattr(self.view, "throttle_scope", None) if isinstance(throttle, ScopedRateThrottle) else True
+                   for throttle in self.view.get_throttles())
+
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        # A required-non-blank CharField trims first, so "   " is refused as blank: say so with a pattern.
+        if (direction == "request" and isinstance(field, serializers.CharField) and not field.allow_blank
+                and field.trim_whitespace and schema.get("type") == "string"
+                and not ({"pattern", "format", "enum"} & schema.keys())):
+            schema["pattern"] = r"\S"
+        return schema
