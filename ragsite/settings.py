@@ -382,6 +382,9 @@ SEARCH_MAX_TOP_K = 100
 # Weight of the dense side in hybrid search (1 = dense only). See README "Search quality" for how it was chosen.
 SEARCH_HYBRID_ALPHA = env.float("SEARCH_HYBRID_ALPHA", default=0.75)
 SEARCH_MAX_QUERY_CHARS = 2000
+# The embedded index's approximate (faiss IVF) side: keys enabled, min_rows, min_allowed, min_fraction, nprobe.
+# Defaults (apps/retrieval/index/approx.py) were chosen by bench/search.py --recall; see README "Search".
+INDEX_APPROX = env.json("INDEX_APPROX", default={})
 # How often a web process checks the database's index log for chunks written by workers.
 INDEX_REFRESH_SECONDS = env.float("INDEX_REFRESH_SECONDS", default=1.0)
 # Optional generator for POST answer/ behind an OpenAI-compatible endpoint ({url}/chat/completions); empty = off.
