@@ -9,12 +9,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def start_worker(env: dict, log_path: Path, timeout=90) -> subprocess.Popen:
-    """Start `celery worker` and return once it has logged that it is ready (connected and consuming)."""
+def start_worker(env: dict, log_path: Path, timeout=90, concurrency=1) -> subprocess.Popen:
+    """Start `celery worker` on all four queues with ``concurrency`` pool processes and return once it has logged
+    that it is ready (connected and consuming)."""
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "ragsite", "worker", "-Q", "ingestion,embedding,compliance,maintenance",
-         "--concurrency", "1", "-n", f"pytest-{os.getpid()}-{time.monotonic_ns()}@%h", "-l", "INFO",
+         "--concurrency", str(concurrency), "-n", f"pytest-{os.getpid()}-{time.monotonic_ns()}@%h", "-l", "INFO",
          "--without-gossip", "--without-mingle"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so a test can SIGKILL the pool children too

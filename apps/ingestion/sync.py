@@ -569,8 +569,10 @@ class _SyncJob:
         with transaction.atomic():
             if current - wanted:
                 DocumentAccess.objects.filter(document_id=document_id, principal__in=current - wanted).delete()
+            # ignore_conflicts: a grant rewrite (apps/accounts/grants.py) may have written the same row meanwhile.
             DocumentAccess.objects.bulk_create(
-                [DocumentAccess(document_id=document_id, principal=p) for p in sorted(wanted - current)]
+                [DocumentAccess(document_id=document_id, principal=p) for p in sorted(wanted - current)],
+                ignore_conflicts=True,
             )
             if log:
                 log_index_change([document_id])

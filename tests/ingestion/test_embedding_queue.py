@@ -12,10 +12,8 @@ a single worker process (the CI set-up) completes a sync of many more batches th
 """
 
 import math
-import os
 import re
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +30,7 @@ from apps.ingestion.services import create_source
 from apps.retrieval.embedder import embed_with_cache, get_embedder
 from apps.retrieval.models import EmbeddingCacheEntry
 from tests.conftest import _worker_env, sync_now, write_corpus
-from tests.processes import REPO, kill_hard, stop_process
+from tests.processes import kill_hard, start_worker, stop_process
 
 
 def station_files(count: int, paragraphs: int = 6, prefix: str = "station") -> dict:
@@ -215,24 +213,8 @@ BATCH, IN_FLIGHT, FLUSH = 16, 3, 32  # the pool worker's settings (small, so a t
 
 
 def start_pool(env: dict, log_path: Path, concurrency: int, timeout=120) -> subprocess.Popen:
-    """`celery worker` on all four queues with ``concurrency`` pool processes (tests.processes.start_worker runs
-    one); returns once it is ready."""
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "ragsite", "worker", "-Q", "ingestion,embedding,compliance,maintenance",
-         "--concurrency", str(concurrency), "-n", f"pool-{os.getpid()}-{time.monotonic_ns()}@%h", "-l", "INFO",
-         "--without-gossip", "--without-mingle"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"celery worker exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        if " ready." in log_path.read_text():
-            return proc
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"celery worker was not ready within {timeout}s:\n{log_path.read_text()[-3000:]}")
+    """`celery worker` on all four queues with ``concurrency`` pool processes; returns once it is ready."""
+    return start_worker(env, log_path, timeout=timeout, concurrency=concurrency)
 
 
 class Pool:

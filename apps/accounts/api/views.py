@@ -85,6 +85,9 @@ def _grantee(request):
         raise ValidationError({exc.field: [exc.message]}) from exc
 
 
+_GRANTEE_PARAMS = [OpenApiParameter("user", str, required=False, description="DELETE: username or id"),
+                   OpenApiParameter("group", str, required=False, description="DELETE: group name")]
+
 class _GrantsView(APIView):
     permission_classes = [ManageSources]
 
@@ -95,15 +98,18 @@ class _GrantsView(APIView):
         users, groups = grants.grants_of(target)
         return {"users": [_grant_data(r) for r in users], "groups": [_grant_data(r) for r in groups]}
 
+    @extend_schema(responses=GrantListSerializer)
     def get(self, request, pk):
         return Response(self.listing(self.get_target(pk)))
 
+    @extend_schema(request=GranteeSerializer, responses={200: GrantSerializer, 201: GrantSerializer})
     def post(self, request, pk):
         target = self.get_target(pk)
         user, group = _grantee(request)
         row, created = grants.grant(target, user=user, group=group, actor=request.user)
         return Response(_grant_data(row), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
+    @extend_schema(request=GranteeSerializer, parameters=_GRANTEE_PARAMS, responses={204: None})
     def delete(self, request, pk):
         target = self.get_target(pk)
         user, group = _grantee(request)
@@ -113,9 +119,6 @@ class _GrantsView(APIView):
             raise NotFound(str(exc)) from exc
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-
-_GRANTEE_PARAMS = [OpenApiParameter("user", str, required=False, description="DELETE: username or id"),
-                   OpenApiParameter("group", str, required=False, description="DELETE: group name")]
 
 
 @extend_schema(tags=["grants"])
@@ -130,18 +133,6 @@ class SourceGrantsView(_GrantsView):
 
     def listing(self, target):
         return {**super().listing(target), "reader_groups": list(target.reader_groups.values_list("name", flat=True))}
-
-    @extend_schema(responses=GrantListSerializer)
-    def get(self, request, pk):
-        return super().get(request, pk)
-
-    @extend_schema(request=GranteeSerializer, responses={200: GrantSerializer, 201: GrantSerializer})
-    def post(self, request, pk):
-        return super().post(request, pk)
-
-    @extend_schema(request=GranteeSerializer, parameters=_GRANTEE_PARAMS, responses={204: None})
-    def delete(self, request, pk):
-        return super().delete(request, pk)
 
 
 def _document(pk) -> Document:
@@ -174,18 +165,6 @@ class DocumentGrantsView(_GrantsView):
                             "created_at": restriction.created_at} if restriction else None,
             "principals": sorted(DocumentAccess.objects.filter(document=target).values_list("principal", flat=True)),
         }
-
-    @extend_schema(responses=GrantListSerializer)
-    def get(self, request, pk):
-        return super().get(request, pk)
-
-    @extend_schema(request=GranteeSerializer, responses={200: GrantSerializer, 201: GrantSerializer})
-    def post(self, request, pk):
-        return super().post(request, pk)
-
-    @extend_schema(request=GranteeSerializer, parameters=_GRANTEE_PARAMS, responses={204: None})
-    def delete(self, request, pk):
-        return super().delete(request, pk)
 
 
 class RestrictRequestSerializer(serializers.Serializer):

@@ -12,7 +12,8 @@ class SyncRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = SyncRun
         fields = ["id", "source", "status", "trigger", "full", "created_at", "started_at", "finished_at",
-                  "heartbeat_at", "counts", "errors", "message", "cancel_requested"]
+                  "heartbeat_at", "counts", "embedding_batches", "embedding_batches_queued",
+                  "embedding_max_in_flight", "errors", "message", "cancel_requested"]
         read_only_fields = fields
 
 
