@@ -1,5 +1,6 @@
 """Shared fixtures: personas, a small corpus on disk, API clients with tokens, and a real Celery worker."""
 
+import json
 import os
 from pathlib import Path
 
@@ -89,6 +90,27 @@ def token_client(user) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
+
+
+def admin_form_data(client, url) -> dict:
+    """The change form's current values, as the browser would post them back."""
+    response = client.get(url)
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    data = {}
+    for name, field in form.fields.items():
+        value = form.initial.get(name, field.initial)
+        if name == "reader_groups":
+            data[name] = [g.pk for g in value] if value else []
+        elif isinstance(value, dict | list):
+            data[name] = json.dumps(value)
+        elif value is not None:
+            data[name] = value
+    for formset in response.context["inline_admin_formsets"]:
+        management = formset.formset.management_form
+        for name in ("TOTAL_FORMS", "INITIAL_FORMS", "MIN_NUM_FORMS", "MAX_NUM_FORMS"):
+            data[f"{formset.formset.prefix}-{name}"] = management[name].value()
+    return data
 
 
 def write_corpus(root: Path, files: dict) -> Path:

@@ -16,7 +16,7 @@ from apps.accounts.models import ConnectorAcl, DocumentRestriction, SourceUserOb
 from apps.compliance.models import AuditEvent
 from apps.ingestion.models import Document, DocumentAccess, Source, document_id_for
 from apps.retrieval.models import IndexChange
-from tests.conftest import sync_now, token_client
+from tests.conftest import admin_form_data, sync_now, token_client
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=False)
@@ -325,35 +325,12 @@ def test_admin_who_can_read_and_grant_inline(indexed_source, admin_user, alice, 
     # A grant added through the source page's inline goes through the service: readers, outbox and audit follow.
     expenses = _doc(indexed_source, EXPENSES)
     url = f"/admin/ingestion/source/{indexed_source.pk}/change/"
-    form = _admin_form(client, url)
+    form = admin_form_data(client, url)
     form.update({"user_grants-TOTAL_FORMS": "1", "user_grants-0-user": str(charlie.pk)})
     response = client.post(url, form)
     assert response.status_code == 302, _errors(response)
     assert _readers(expenses) == {f"user:{charlie.pk}"}
     assert AuditEvent.objects.filter(action="access.grant", data__user="charlie").exists()
-
-
-def _admin_form(client, url) -> dict:
-    """The change form's current values, as the browser would post them back."""
-    response = client.get(url)
-    assert response.status_code == 200
-    form = response.context["adminform"].form
-    data = {}
-    for name, field in form.fields.items():
-        value = form.initial.get(name, field.initial)
-        if name == "reader_groups":
-            data[name] = [g.pk for g in value] if value else []
-        elif isinstance(value, dict | list):
-            import json
-
-            data[name] = json.dumps(value)
-        elif value is not None:
-            data[name] = value
-    for formset in response.context["inline_admin_formsets"]:
-        management = formset.formset.management_form
-        for name in ("TOTAL_FORMS", "INITIAL_FORMS", "MIN_NUM_FORMS", "MAX_NUM_FORMS"):
-            data[f"{formset.formset.prefix}-{name}"] = management[name].value()
-    return data
 
 
 def _errors(response):
@@ -369,7 +346,7 @@ def test_source_group_inline_is_audited_and_revocable(indexed_source, admin_user
     client = Client()
     client.force_login(admin_user)
     url = f"/admin/ingestion/source/{indexed_source.pk}/change/"
-    form = _admin_form(client, url)
+    form = admin_form_data(client, url)
     row = SourceUserObjectPermission.objects.get()
     form.update({"user_grants-0-id": str(row.pk), "user_grants-0-content_object": str(indexed_source.pk),
                  "user_grants-0-user": str(bob.pk), "user_grants-0-DELETE": "on"})

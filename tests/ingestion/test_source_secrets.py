@@ -9,7 +9,7 @@ from django.db import connection
 from apps.compliance.models import AuditEvent
 from apps.ingestion.models import Document, Source, SyncRun
 from apps.ingestion.secrets import MASK, decrypt_config, is_secret
-from tests.conftest import sync_now, token_client
+from tests.conftest import admin_form_data, sync_now, token_client
 from tests.factories import UserFactory
 from tests.ingestion.json_api import JsonApiServer
 from tests.ingestion.sql_sources import QUERY, READER, articles_table, mariadb_reader
@@ -160,9 +160,10 @@ def test_admin_shows_the_mask_and_keeps_the_secret(admin_user, reader_db, client
     assert page.status_code == 200
     assert DB_PASSWORD not in page.content.decode() and MASK in page.content.decode()
     masked = {**decrypt_config(source.config), "password": MASK}
-    response = client.post(f"/admin/ingestion/source/{source.pk}/change/", {
-        "name": source.name, "kind": "sql", "config": json.dumps(masked), "schedule": "15 4 * * *",
-        "enabled": "on"})
+    url = f"/admin/ingestion/source/{source.pk}/change/"
+    form = admin_form_data(client, url)  # every field and inline management form, as the browser posts them
+    form.update({"config": json.dumps(masked), "schedule": "15 4 * * *"})
+    response = client.post(url, form)
     assert response.status_code == 302, response.content.decode()[:2000]
     source.refresh_from_db()
     assert source.schedule == "15 4 * * *"
