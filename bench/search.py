@@ -171,15 +171,43 @@ def main():
             subprocess.run([sys.executable, __file__, "--one-recall", str(size)], check=True)
         return
     queries = [" ".join(random.Random(q).choice(WORDS) for _ in range(5)) for q in range(50)]
+    # The raw measurement runs with the numeric-library threads the web workers get (ragsite/gunicorn.conf.py:
+    # WEB_NUM_THREADS, default 1), so both sides of the ratio embed and search alike.
+    threads = os.environ.get("WEB_NUM_THREADS", "1")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+    print(f"numeric-library threads per process (raw and web workers): {os.environ['OMP_NUM_THREADS']}")
     for size in args.sizes:
         # A fresh interpreter per size keeps each measurement's memory and caches separate.
         subprocess.run([sys.executable, __file__, "--one", str(size), str(args.requests), *queries], check=True)
 
 
+def raw_search(index, embedder, scope, query: str, kind: str):
+    """The raw cost the API is divided by: embedding the query plus the index search of a request with top_k 10
+    (search_page asks the index for one more, to know whether a next page exists). ``hybrid`` is what the API
+    serves: lexical side, dense side and fusion, with the pseudo-relevance-feedback round (a first hybrid search and
+    the feedback chunks' vectors read from the database) when SEARCH_HYBRID_PRF_DEPTH is on, as search_page does it;
+    ``dense`` is the dense side alone, for comparison."""
+    from django.conf import settings
+
+    from apps.retrieval import search as service
+    from apps.retrieval.index import IndexFilter
+
+    vector = embedder.encode([query])[0]
+    if kind == "dense":
+        return index.search(vector, scope, 11, query=query, mode="dense")
+    alpha, flt = settings.SEARCH_HYBRID_ALPHA, IndexFilter()
+    if getattr(settings, "SEARCH_HYBRID_PRF_DEPTH", 0) > 0 and hasattr(service, "feedback_vector"):
+        vector = service.feedback_vector(index, vector, scope, query, alpha=alpha, fusion="relative_score",
+                                         filters=flt)
+    return index.search(vector, scope, 11, query=query, mode="hybrid", alpha=alpha, fusion="relative_score",
+                        filters=flt)
+
+
 def one_size(size: int, n: int, queries: list[str]):
     port = 8790
     stack = Stack(broker_db=10, PORT=str(port), WEB_CONCURRENCY="2", WEB_THREADS="4", SEARCH_THROTTLE_RATE="100000/s",
-                  SEARCH_TOKEN_THROTTLE_RATE="100000/s")
+                  SEARCH_TOKEN_THROTTLE_RATE="100000/s", CACHE_URL="redis://127.0.0.1:6379/10")
     stack.manage("migrate", "--noinput", "-v0")
     everyone, five = synthetic_corpus(stack, size)
     from apps.accounts.access import access_scope
@@ -202,15 +230,32 @@ def one_size(size: int, n: int, queries: list[str]):
     raw = {}
     for label, user in (("all", everyone), ("5%", five)):
         scope = access_scope(user)
-        index.search(embedder.encode(["warm"])[0], scope, 10, query="warm", mode="hybrid")
-        times = []
-        for i in range(100):
-            q = f"{queries[i % len(queries)]} raw {i}"
-            t = time.perf_counter()
-            index.search(embedder.encode([q])[0], scope, 10, query=q, mode="hybrid")
-            times.append((time.perf_counter() - t) * 1000)
-        raw[label] = percentiles(times)
-        print(f"raw embed+search, sees {label:>3}: p50 {raw[label][0]:6.1f} ms  p95 {raw[label][1]:6.1f} ms")
+        for kind in ("dense", "hybrid"):
+            raw_search(index, embedder, scope, "warm", kind)
+            times = []
+            for i in range(100):
+                q = f"{queries[i % len(queries)]} raw {kind} {i}"
+                t = time.perf_counter()
+                raw_search(index, embedder, scope, q, kind)
+                times.append((time.perf_counter() - t) * 1000)
+            if kind == "hybrid":  # what the API does; the ratios below divide by it
+                raw[label] = percentiles(times)
+            p50, p95 = percentiles(times)
+            print(f"raw embed+search ({kind:>6}), sees {label:>3}: p50 {p50:6.1f} ms  p95 {p95:6.1f} ms")
+        # The same raw search at the API's concurrencies, in threads of this process (torch, numpy and faiss
+        # release the GIL): what the machine's cores allow c searches at once, before any API cost.
+        for concurrency in (4, 8):
+            def timed(i, scope=scope, concurrency=concurrency):
+                q = f"{queries[i % len(queries)]} raw c{concurrency} {i}"
+                t = time.perf_counter()
+                raw_search(index, embedder, scope, q, "hybrid")
+                return (time.perf_counter() - t) * 1000
+
+            with ThreadPoolExecutor(concurrency) as pool:
+                raw[(label, concurrency)] = percentiles(list(pool.map(timed, range(100))))
+            p50, p95 = raw[(label, concurrency)]
+            print(f"raw embed+search (hybrid), sees {label:>3}, {concurrency} at once: p50 {p50:6.1f} ms  "
+                  f"p95 {p95:6.1f} ms")
 
     tokens = {label: ApiToken.issue(user)[1] for label, user in (("all", everyone), ("5%", five))}
     web = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "ragsite/gunicorn.conf.py", "ragsite.wsgi"],
@@ -225,7 +270,9 @@ def one_size(size: int, n: int, queries: list[str]):
                 p50, p95 = percentiles(latencies)
                 p50s[(label, concurrency)] = p50
                 print(f"API sees {label:>3}, concurrency {concurrency}: p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  "
-                      f"{rps:5.1f} req/s  p50/raw p50 {p50 / raw[label][0]:.2f}x")
+                      f"{rps:5.1f} req/s  p50/raw p50 {p50 / raw[label][0]:.2f}x"
+                      + (f" (/raw p50 at the same concurrency {p50 / raw[(label, concurrency)][0]:.2f}x)"
+                         if concurrency > 1 else ""))
         for concurrency in (1, 4, 8):
             ratio = p50s[("5%", concurrency)] / p50s[("all", concurrency)]
             print(f"filtered (5%) / unfiltered p50 at concurrency {concurrency}: {ratio:.2f}x")

@@ -15,6 +15,15 @@ threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = int(os.environ.get("WEB_TIMEOUT", "60"))
 accesslog = "-"
 
+# Threads of the numeric libraries (torch for the query embedding, OpenBLAS/OpenMP under numpy and faiss) in each
+# worker. One by default: a query is one short sentence, so a second thread buys little even on an idle machine,
+# and with several workers and request threads on few cores the libraries' thread pools fight each other (measured
+# on the 2-core machine under load: query embedding p50 11 ms with 1 thread against 34-390 ms with 2; see README
+# "Benchmarks"). Read when the workers import torch and numpy, which happens after this file is loaded.
+_num_threads = os.environ.get("WEB_NUM_THREADS", "1")
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, _num_threads)
+
 _data_dir = Path(os.environ.get("DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_data_dir / "prometheus")))
 

@@ -381,6 +381,9 @@ SYNC_STALE_SECONDS = env.int("SYNC_STALE_SECONDS", default=600)
 SEARCH_MAX_TOP_K = 100
 # Weight of the dense side in hybrid search (1 = dense only). See README "Search quality" for how it was chosen.
 SEARCH_HYBRID_ALPHA = env.float("SEARCH_HYBRID_ALPHA", default=0.75)
+# Hybrid search's dense-side pseudo-relevance feedback: how many top chunks of a first hybrid ranking move the
+# query vector (Rocchio, index/fusion.py); 0 turns it off. See README "Search quality".
+SEARCH_HYBRID_PRF_DEPTH = env.int("SEARCH_HYBRID_PRF_DEPTH", default=5)
 SEARCH_MAX_QUERY_CHARS = 2000
 # The embedded index's approximate (faiss IVF) side: keys enabled, min_rows, min_allowed, min_fraction, nprobe.
 # Defaults (apps/retrieval/index/approx.py) were chosen by bench/search.py --recall; see README "Search".

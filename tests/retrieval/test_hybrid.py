@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from apps.retrieval.index.fusion import fuse
+from apps.retrieval.index.fusion import ROCCHIO_ALPHA, ROCCHIO_BETA, fuse, rocchio
 from apps.retrieval.lexical import analyze, bm25_scores, term_rows
 from tests.conftest import sync_now, token_client, write_corpus
 
@@ -52,6 +52,103 @@ def test_fusion_alpha_ends_are_the_single_sides():
     assert rrf[0] == (1, pytest.approx(0.5 / 61 + 0.5 / 64))  # 1st and 4th edges out 2nd and 3rd
     assert dict(rrf)[2] == pytest.approx(0.5 / 62 + 0.5 / 63)
     assert [i for i, _ in fuse(dense, lexical, 2, mode="lexical")] == [1, 3]
+
+
+def test_rocchio_moves_the_query_towards_the_feedback_mean():
+    assert (ROCCHIO_ALPHA, ROCCHIO_BETA) == (0.4, 0.6)  # the published setting the README cites
+    query = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    feedback = np.array([[0.0, 1.0, 0.0], [0.0, 0.6, 0.8]], dtype=np.float32)
+    moved = rocchio(query, feedback)
+    expected = np.array([0.4, 0.6 * 0.8, 0.6 * 0.4])  # 0.4 q + 0.6 mean(feedback), before scaling
+    np.testing.assert_allclose(moved, expected / np.linalg.norm(expected), rtol=1e-6)
+    assert np.linalg.norm(moved) == pytest.approx(1.0)
+    # a passage like the feedback now outranks one that only matched the query's own direction best
+    near_query, near_feedback = np.array([0.9, 0.436, 0.0]), np.array([0.5, 0.7, 0.5])
+    assert near_query @ query > near_feedback @ query and near_feedback @ moved > near_query @ moved
+    np.testing.assert_array_equal(rocchio(query, np.zeros((0, 3))), query)  # nothing to learn from
+    np.testing.assert_allclose(rocchio(query, [[2.0, 0.0, 0.0]], alpha=0.5, beta=0.5), query)  # same direction
+
+
+@pytest.mark.django_db
+def test_hybrid_feedback_comes_from_the_users_own_first_ranking(indexed_source, bob, alice, settings):
+    from apps.accounts.access import access_scope
+    from apps.ingestion.models import Chunk, Document
+    from apps.retrieval.embedder import get_embedder
+    from apps.retrieval.index import IndexFilter, get_index
+    from apps.retrieval.search import feedback_vector, search
+
+    query = "parental leave paperwork"
+    vector = get_embedder().encode_query(query)
+    index = get_index()
+    for user in (bob, alice):
+        scope = access_scope(user)
+        first = index.search(vector, scope, settings.SEARCH_HYBRID_PRF_DEPTH, query=query, mode="hybrid",
+                             alpha=0.75, fusion="relative_score", filters=IndexFilter())
+        chunks = Chunk.objects.filter(pk__in=[h.chunk_id for h in first])
+        assert len(first) == settings.SEARCH_HYBRID_PRF_DEPTH and chunks.count() == len(first)
+        assert not chunks.exclude(document__in=Document.objects.readable_by(scope)).exists()
+        expected = rocchio(vector, [np.frombuffer(bytes(c.embedding), dtype="<f4") for c in chunks])
+        moved = feedback_vector(index, vector, scope, query, alpha=0.75, fusion="relative_score",
+                                filters=IndexFilter())
+        np.testing.assert_allclose(moved, expected, rtol=1e-5, atol=1e-6)
+        assert float(moved @ vector) < 0.999  # it did move
+    # search uses the moved vector for its dense side in hybrid mode, and the plain query vector in dense mode
+    results, _ = search(bob, query, top_k=3, explain=True)
+    moved = feedback_vector(index, vector, access_scope(bob), query, alpha=0.75, fusion="relative_score",
+                            filters=IndexFilter())
+    top = Chunk.objects.get(pk=results[0].chunk_id)
+    own = np.frombuffer(bytes(top.embedding), dtype="<f4")
+    assert results[0].explain["dense"] == pytest.approx(float(own @ moved), abs=1e-5)
+    dense_results, _ = search(bob, query, top_k=1, mode="dense")
+    top = Chunk.objects.get(pk=dense_results[0].chunk_id)
+    assert dense_results[0].score == pytest.approx(float(np.frombuffer(bytes(top.embedding), "<f4") @ vector),
+                                                   abs=1e-5)
+    settings.SEARCH_HYBRID_PRF_DEPTH = 0  # off: hybrid's dense side is the plain query vector again
+    results, _ = search(bob, query, top_k=1, explain=True)
+    top = Chunk.objects.get(pk=results[0].chunk_id)
+    assert results[0].explain["dense"] == pytest.approx(
+        float(np.frombuffer(bytes(top.embedding), "<f4") @ vector), abs=1e-5)
+
+
+class _StaleIndexStandIn:
+    """Stand-in for an index whose last refresh predates a revocation: its first ranking still returns the given
+    chunks, whoever asks."""
+
+    def __init__(self, chunk_ids):
+        from apps.retrieval.index.base import SearchHit
+
+        self.hits = [SearchHit(str(c), 1.0 - i / 10) for i, c in enumerate(chunk_ids)]
+
+    def search(self, vector, scope, top_k, **kwargs):
+        return self.hits[:top_k]
+
+
+@pytest.mark.django_db
+def test_feedback_ignores_chunks_the_user_may_no_longer_read(indexed_source, bob, alice):
+    from apps.accounts.access import access_scope
+    from apps.ingestion.models import Chunk
+    from apps.retrieval.embedder import get_embedder
+    from apps.retrieval.index import IndexFilter
+    from apps.retrieval.search import feedback_vector
+
+    hr = list(Chunk.objects.filter(document__external_id__startswith="hr/"))
+    public = list(Chunk.objects.exclude(document__external_id__startswith="hr/")[:2])
+    assert hr and len(public) == 2
+    index = _StaleIndexStandIn([hr[0].pk, *(c.pk for c in public)])
+    vector = get_embedder().encode_query("parental leave")
+    args = {"alpha": 0.75, "fusion": "relative_score", "filters": IndexFilter()}
+
+    def vectors(chunks):
+        return [np.frombuffer(bytes(c.embedding), dtype="<f4") for c in chunks]
+
+    moved_for_bob = feedback_vector(index, vector, access_scope(bob), "parental leave", **args)
+    np.testing.assert_allclose(moved_for_bob, rocchio(vector, vectors(public)), rtol=1e-5, atol=1e-6)
+    moved_for_alice = feedback_vector(index, vector, access_scope(alice), "parental leave", **args)
+    np.testing.assert_allclose(moved_for_alice, rocchio(vector, vectors([hr[0], *public])), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(moved_for_bob, moved_for_alice)
+    only_hr = _StaleIndexStandIn([hr[0].pk])
+    np.testing.assert_array_equal(feedback_vector(only_hr, vector, access_scope(bob), "parental leave", **args),
+                                  vector)  # nothing bob may read: the query is not moved at all
 
 
 @pytest.mark.django_db

@@ -4,6 +4,13 @@
 ``alpha * dense + (1 - alpha) * lexical``; a row missing from one side's candidates gets 0 there. ``rrf`` is
 reciprocal rank fusion, weighted the same way (alpha 0.5 is plain RRF). ``alpha`` 1 is dense only, 0 lexical only,
 as in Weaviate's hybrid query, so a request means the same thing on either backend.
+
+``rocchio`` is the dense side's pseudo-relevance feedback used by hybrid search (search.py): the query vector is
+moved towards the mean vector of the top ``settings.SEARCH_HYBRID_PRF_DEPTH`` (5) results of a first hybrid
+ranking, ``ROCCHIO_ALPHA * q + ROCCHIO_BETA * mean(feedback)``, and the hybrid search runs again with it. The parameters
+are the published Rocchio vector-PRF setting of Li et al. (2021, "Pseudo Relevance Feedback with Deep Language
+Models and Dense Retrievers: Successes and Pitfalls"; Pyserini's "Rocchio PRF 5 A0.4 B0.6"), fixed before our
+collection was measured; the README's "Search quality" section has the numbers.
 """
 
 import numpy as np
@@ -11,6 +18,8 @@ import numpy as np
 FUSIONS = ("relative_score", "rrf")
 MODES = ("hybrid", "dense", "lexical")
 RRF_K = 60
+ROCCHIO_ALPHA = 0.4
+ROCCHIO_BETA = 0.6
 
 
 def _top(scores: np.ndarray, k: int, positive_only=False, tiebreak: np.ndarray | None = None) -> np.ndarray:
@@ -68,3 +77,15 @@ def fuse(dense, lexical, top_k, *, mode="hybrid", alpha=0.75, fusion="relative_s
     else:
         ordered = sorted(fused.items(), key=lambda item: (-item[1], tiebreak[item[0]]))
     return ordered[:top_k]
+
+
+def rocchio(query_vector, feedback_vectors, alpha: float = ROCCHIO_ALPHA, beta: float = ROCCHIO_BETA) -> np.ndarray:
+    """``alpha * q + beta * mean(feedback)``, scaled to unit length (so dense scores stay cosines of unit vectors;
+    the ranking does not depend on the scale). No feedback vectors: the query vector itself (as float32)."""
+    query_vector = np.asarray(query_vector, dtype=np.float32)
+    feedback = np.asarray(feedback_vectors, dtype=np.float32).reshape(-1, len(query_vector))
+    if not len(feedback):
+        return query_vector
+    moved = alpha * query_vector + beta * feedback.mean(axis=0)
+    norm = float(np.linalg.norm(moved))
+    return query_vector if norm < 1e-12 else (moved / norm).astype(np.float32)
