@@ -37,3 +37,28 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """Warm what every search needs before the worker takes requests, so no request pays for it: the embedding
+    model (loaded once per process; ~5 s) and the vector index (snapshot plus the outbox since). A failure here is
+    logged, not fatal: the first request then loads lazily, or reports the index as unavailable."""
+    import logging
+
+    from django.db import connections
+
+    log = logging.getLogger("ragsite.gunicorn")
+    try:
+        from apps.retrieval.embedder import get_embedder
+
+        get_embedder().encode_query("warm up")
+    except Exception:
+        log.exception("could not load the embedding model at start-up; the first search will try again")
+    try:
+        from apps.retrieval.index import get_index
+
+        get_index().refresh()
+    except Exception:
+        log.exception("could not load the vector index at start-up; the first search will try again")
+    finally:
+        connections.close_all()  # request threads open their own
