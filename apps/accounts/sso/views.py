@@ -16,6 +16,15 @@ def sso_error(request):
     return render(request, "accounts/sso_error.html", {"message": message}, status=403)
 
 
+def _login_page(request, backend: str, idp: str = ""):
+    """The sign-in button: social-auth starts a sign-in only on a CSRF-protected POST to /auth/login/BACKEND/, so
+    this page carries that form; ``next`` is kept only when it points back to this site."""
+    next_url = request.GET.get("next", "")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = ""
+    return render(request, "accounts/sso_login.html", {"backend": backend, "idp": idp, "next": next_url})
+
+
 @ensure_csrf_cookie
 @never_cache
 def saml_login(request):
@@ -25,10 +34,7 @@ def saml_login(request):
 
     if not is_configured():
         return render(request, "accounts/sso_error.html", {"message": "SAML sign-in is not configured."}, status=404)
-    next_url = request.GET.get("next", "")
-    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
-        next_url = ""
-    return render(request, "accounts/saml_login.html", {"idp": settings.SAML_IDP_NAME, "next": next_url})
+    return _login_page(request, "saml", idp=settings.SAML_IDP_NAME)
 
 
 @never_cache
@@ -55,7 +61,4 @@ def oidc_login(request):
     if "apps.accounts.sso.oidc.OidcAuth" not in settings.AUTHENTICATION_BACKENDS:
         return render(request, "accounts/sso_error.html", {"message": "OpenID Connect sign-in is not configured."},
                       status=404)
-    next_url = request.GET.get("next", "")
-    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
-        next_url = ""
-    return render(request, "accounts/oidc_login.html", {"next": next_url})
+    return _login_page(request, "oidc")
