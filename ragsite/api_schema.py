@@ -8,7 +8,6 @@ fuzzer (tests/test_api_schema.py runs schemathesis), needs them listed.
 
 from drf_spectacular import openapi
 from rest_framework import serializers
-from rest_framework.throttling import ScopedRateThrottle
 
 ERROR_DESCRIPTIONS = {
     "400": "Bad request: `detail` names the first bad field, `errors` has every field's messages",
@@ -53,8 +52,10 @@ class AutoSchema(openapi.AutoSchema):
         return codes
 
     def _is_throttled(self) -> bool:
-        # The default throttles are scoped: they count only on views that name a throttle_scope.
-        return any(getattr(self.view, "throttle_scope", None) if isinstance(throttle, ScopedRateThrottle) else True
+        from apps.accounts.throttling import ScopedThrottle
+
+        # The default throttle is scoped: it counts only on views that name a throttle_scope.
+        return any(getattr(self.view, "throttle_scope", None) if isinstance(throttle, ScopedThrottle) else True
                    for throttle in self.view.get_throttles())
 
     def _map_serializer_field(self, field, direction, bypass_extensions=False):

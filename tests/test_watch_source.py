@@ -108,7 +108,10 @@ def test_watch_source_syncs_new_files_and_sidecar_changes(worker, alice, bob, tm
                   15, proc, log)
         assert time.monotonic() - written_at < 15
         runs = SyncRun.objects.filter(source=source, trigger="watch")
-        assert runs.count() == 1 and runs.get().items_new == 5
+        # The documents show before the run writes its final counts: wait for it to finish, then count.
+        _wait_for("the watch sync finishing", lambda: runs.exclude(status__in=("pending", "running")).exists(), 15,
+                  proc, log)
+        assert runs.count() == 1 and runs.get().status == "succeeded" and runs.get().items_new == 5
 
         def found(user, query):
             response = token_client(user).post("/api/v1/search/", {"query": query, "top_k": 5}, format="json")

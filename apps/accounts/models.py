@@ -70,6 +70,11 @@ class ApiToken(models.Model):
     def __str__(self):
         return f"{self.key_prefix}… ({self.user})"
 
+    def is_usable(self, now=None) -> bool:
+        """Not revoked and not expired: ApiTokenQuerySet.usable() for one loaded token."""
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
     @classmethod
     def issue(cls, user, *, name="", expires_at=None, scope="full"):
         """Create a token and return (token, key); the key is not recoverable afterwards."""

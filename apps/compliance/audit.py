@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from .models import AuditEvent, AuditHead
@@ -36,24 +36,38 @@ def compute_hash(event: AuditEvent) -> str:
     return hashlib.sha256(_canonical(event)).hexdigest()
 
 
-def _locked_head() -> AuditHead:
-    head = AuditHead.objects.select_for_update().filter(pk=1).first()
-    if head is not None:
-        return head
+def _locked_head() -> tuple[int, str]:
+    """The chain's head (seq, hash), locked until the transaction ends: FOR UPDATE on PostgreSQL; on SQLite the
+    transaction's IMMEDIATE BEGIN already holds the write lock. Hand-written SQL, like _move_head: the ORM's
+    version of these two statements cost ~0.5 ms of Python on every audited request."""
+    table = connection.ops.quote_name(AuditHead._meta.db_table)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT seq, hash FROM {table} WHERE id = 1{lock}")  # noqa: S608 (no values in the text)
+        row = cursor.fetchone()
+    if row is not None:
+        return row[0], row[1]
     try:
         with transaction.atomic():
-            return AuditHead.objects.create(pk=1, seq=0, hash=GENESIS_HASH)
+            AuditHead.objects.create(pk=1, seq=0, hash=GENESIS_HASH)
+            return 0, GENESIS_HASH
     except IntegrityError:  # another writer created it first
-        return AuditHead.objects.select_for_update().get(pk=1)
+        return _locked_head()
+
+
+def _move_head(seq: int, digest: str) -> None:
+    table = connection.ops.quote_name(AuditHead._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET seq = %s, hash = %s WHERE id = 1", [seq, digest])  # noqa: S608
 
 
 def record(action, *, actor=None, object_type="", object_id="", data=None, ip=None) -> AuditEvent:
     """Append one event to the chain. Runs in (or joins) a transaction, so a rolled-back action leaves no event."""
     user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
     with transaction.atomic():
-        head = _locked_head()
+        head_seq, head_hash = _locked_head()
         event = AuditEvent(
-            seq=head.seq + 1,
+            seq=head_seq + 1,
             created_at=timezone.now(),
             actor=user,
             actor_name=user.get_username() if user else (actor if isinstance(actor, str) else ""),
@@ -62,12 +76,11 @@ def record(action, *, actor=None, object_type="", object_id="", data=None, ip=No
             object_id=str(object_id) if object_id != "" else "",
             ip=ip,
             data=_jsonable(data or {}),
-            prev_hash=head.hash,
+            prev_hash=head_hash,
         )
         event.hash = compute_hash(event)
-        event.save()
-        head.seq, head.hash = event.seq, event.hash
-        head.save(update_fields=["seq", "hash"])
+        event.save(force_insert=True)
+        _move_head(event.seq, event.hash)
     return event
 
 

@@ -3,8 +3,7 @@
 import hashlib
 import hmac
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 
@@ -14,7 +13,7 @@ from django.conf import settings
 from apps.accounts.access import access_scope
 from apps.compliance.audit import client_ip, record
 from apps.ingestion.connectors.base import CLASSIFICATIONS
-from apps.ingestion.models import Chunk, Source
+from apps.ingestion.models import Source, readable_chunk_rows
 from ragsite.errors import FieldError
 
 from .embedder import get_embedder
@@ -51,11 +50,17 @@ class SearchResult:
 
 
 def as_dict(result: SearchResult) -> dict:
-    """The API's shape of a result (also printed by `manage.py search --json`)."""
-    data = asdict(result)
+    """The API's shape of a result (also printed by `manage.py search --json`). Built field by field: asdict()
+    deep-copies every value, ~30 µs a result."""
+    data = {f.name: getattr(result, f.name) for f in _RESULT_FIELDS}
     if data["explain"] is None:
         del data["explain"]
+    else:
+        data["explain"] = dict(data["explain"])
     return data
+
+
+_RESULT_FIELDS = fields(SearchResult)
 
 
 @dataclass
@@ -160,31 +165,16 @@ def feedback_vector(index, vector, scope, query: str, *, alpha: float, fusion: s
     if not first or scope.empty:
         return vector
     embedder = get_embedder()
-    chunks = Chunk.objects.readable_by(scope).filter(
-        pk__in=[uuid.UUID(h.chunk_id) for h in first], embedding_model=embedder.name, embedding_dim=embedder.dimension
-    )
-    stored = chunks.values_list("embedding", flat=True)
-    feedback = [np.frombuffer(bytes(e), dtype="<f4") for e in stored]
+    stored = readable_chunk_rows(scope, [h.chunk_id for h in first], "embedding",
+                                 embedding_model=(embedder.name, embedder.dimension))
+    feedback = [np.frombuffer(e, dtype="<f4") for (e,) in stored]
     return rocchio(vector, feedback) if feedback else vector
 
 
 def _readable_chunks(scope, flt: IndexFilter, chunk_ids: list[str]) -> dict[str, tuple]:
     """The returned chunks' citation fields, read in one query that is also the second gate: only chunks whose
-    document the scope may read now (Chunk.objects.readable_by) and that pass the filters now. Keyed by chunk id
-    (str)."""
-    if not chunk_ids or scope.empty:
-        return {}
-    chunks = Chunk.objects.readable_by(scope).filter(pk__in=[uuid.UUID(c) for c in chunk_ids])
-    if flt.source_ids is not None:
-        chunks = chunks.filter(document__source_id__in=flt.source_ids)
-    if flt.classifications is not None:
-        chunks = chunks.filter(document__classification__in=flt.classifications)
-    if flt.modified_after is not None:
-        chunks = chunks.filter(document__modified_at__gte=flt.modified_after)
-    if flt.modified_before is not None:
-        chunks = chunks.filter(document__modified_at__lt=flt.modified_before)
-    rows = chunks.values_list("id", "document_id", "document__title", "document__source__name", "document__uri",
-                              "heading", "page", "text")
+    document the scope may read now and that pass the filters now (readable_chunk_rows). Keyed by chunk id (str)."""
+    rows = readable_chunk_rows(scope, chunk_ids, "citation", flt=flt)
     return {str(row[0]): row[1:] for row in rows}
 
 

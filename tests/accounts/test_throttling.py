@@ -45,3 +45,57 @@ def test_limits_are_per_user(indexed_source, alice, bob, rates):
     assert _search(token_client(bob)).status_code == 200
     assert _search(token_client(bob)).status_code == 429
     assert _search(token_client(alice)).status_code == 200
+
+
+def test_a_request_refused_by_its_token_limit_does_not_spend_the_user_allowance(indexed_source, bob, rates):
+    """Both limits are checked before either counts the request (one atomic script): a client hammering one
+    token does not use up the user's other tokens."""
+    rates.update({"search": "3/min", "search_token": "1/min"})
+    first = token_client(bob)
+    assert [_search(first).status_code for _ in range(3)] == [200, 429, 429]
+    # 3 per user: the two 429s did not count, so two more tokens (one request each, their own limit) get through.
+    assert [_search(token_client(bob)).status_code for _ in range(2)] == [200, 200]
+    assert _search(token_client(bob)).status_code == 429  # now the user's limit is reached
+
+
+def test_retry_after_is_the_time_until_the_oldest_request_leaves_the_window(indexed_source, bob, rates):
+    rates.update({"search": "1/min"})
+    client = token_client(bob)
+    assert _search(client).status_code == 200
+    refused = _search(client)
+    assert refused.status_code == 429 and 55 <= int(refused["Retry-After"]) <= 60
+
+
+def test_concurrent_requests_never_pass_more_than_the_limit(rates):
+    """The check and the count are one Redis script, so requests racing on several threads (or gunicorn workers)
+    cannot all see room for one more. DRF's own throttle reads, then writes the history and lets races through.
+    Real Redis; the throttle is called directly, with requests standing in for 24 threads' worth of clients."""
+    import threading
+    import uuid as uuidlib
+    from types import SimpleNamespace
+
+    from apps.accounts.throttling import ScopedThrottle
+
+    rates.update({"search": "30/min", "search_token": "1000/min"})
+    user = SimpleNamespace(pk=f"race-{uuidlib.uuid4().hex}", is_authenticated=True)
+    view = SimpleNamespace(throttle_scope="search")
+    allowed, start = [], threading.Barrier(24)
+
+    def client(n):
+        request = SimpleNamespace(user=user, auth=ApiToken(pk=10**9 + n), META={"REMOTE_ADDR": "10.0.0.1"})
+        start.wait()
+        for _ in range(5):
+            allowed.append(ScopedThrottle().allow_request(request, view))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(allowed) == 120 and allowed.count(True) == 30
+
+
+def test_views_without_a_scope_are_not_limited(bob, rates):
+    rates.update({"search": "1/min"})
+    client = token_client(bob)
+    assert [client.get("/api/v1/sources/").status_code for _ in range(3)] == [200, 200, 200]

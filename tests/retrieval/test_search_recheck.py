@@ -65,9 +65,10 @@ def test_recheck_is_one_query_bounded_by_the_returned_chunks(indexed_source, bob
     with CaptureQueriesContext(connection) as queries:
         response = client.post(URL, QUERY, format="json")
     assert response.status_code == 200 and response.json()["results"]
+    # apps.ingestion.models.readable_chunk_rows: the chunk table is aliased c.
     reads = [q["sql"] for q in queries.captured_queries
-             if '"ingestion_chunk"."text"' in q["sql"] and q["sql"].lstrip().upper().startswith("SELECT")]
+             if 'c."text"' in q["sql"] and q["sql"].lstrip().upper().startswith("SELECT")]
     assert len(reads) == 1, reads
     sql = reads[0].upper()
-    assert "EXISTS" in sql and '"INGESTION_CHUNK"."ID" IN' in sql
-    assert '"INGESTION_CHUNK"."EMBEDDING"' not in sql  # the vectors are not carried along with the texts
+    assert 'FROM "INGESTION_CHUNK" C ' in sql and "EXISTS" in sql and 'C."ID" IN' in sql
+    assert '"EMBEDDING"' not in sql  # the vectors are not carried along with the texts
