@@ -136,7 +136,7 @@ def rss_mb() -> float:
     return 0.0
 
 
-ROUNDS = 4  # raw and API measurements alternate in this many blocks per (scope, concurrency)
+ROUNDS = 8  # raw and API measurements alternate in this many blocks per (scope, concurrency)
 
 
 def percentiles(values):

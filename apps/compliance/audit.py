@@ -61,6 +61,25 @@ def _move_head(seq: int, digest: str) -> None:
         cursor.execute(f"UPDATE {table} SET seq = %s, hash = %s WHERE id = 1", [seq, digest])  # noqa: S608
 
 
+def _insert(event: AuditEvent) -> None:
+    """INSERT the new event; hand-written like _locked_head (Model.save's machinery cost ~0.3 ms a request). Each
+    value goes through its field's own get_db_prep_save, as the ORM's INSERT does."""
+    meta = AuditEvent._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    q = connection.ops.quote_name
+    sql = (f"INSERT INTO {q(meta.db_table)} ({', '.join(q(f.column) for f in fields)}) "  # noqa: S608
+           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    values = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields]
+    with connection.cursor() as cursor:
+        if connection.features.can_return_columns_from_insert:
+            cursor.execute(f"{sql} RETURNING {q(meta.pk.column)}", values)
+            event.pk = cursor.fetchone()[0]
+        else:
+            cursor.execute(sql, values)
+            event.pk = connection.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
+    event._state.adding, event._state.db = False, connection.alias
+
+
 def record(action, *, actor=None, object_type="", object_id="", data=None, ip=None) -> AuditEvent:
     """Append one event to the chain. Runs in (or joins) a transaction, so a rolled-back action leaves no event."""
     user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
@@ -79,7 +98,7 @@ def record(action, *, actor=None, object_type="", object_id="", data=None, ip=No
             prev_hash=head_hash,
         )
         event.hash = compute_hash(event)
-        event.save(force_insert=True)
+        _insert(event)
         _move_head(event.seq, event.hash)
     return event
 

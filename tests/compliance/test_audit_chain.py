@@ -37,6 +37,21 @@ def test_events_link_into_a_chain():
     call_command("verify_audit")
 
 
+def test_an_event_reads_back_as_it_was_written(django_user_model):
+    """record() writes the row with its own INSERT (apps.compliance.audit._insert): every field must come back
+    from the database as written, or verification would fail on it later."""
+    user = django_user_model.objects.create_user("writer")
+    data = {"query_hmac": "ab" * 32, "chunk_ids": ["x", "y"], "nested": {"n": 1.5, "none": None}, "text": "Zoë ✓"}
+    event = record("search", actor=user, object_type="doc", object_id=42, ip="2001:db8::1", data=data)
+    stored = AuditEvent.objects.get(pk=event.pk)
+    for field in ("seq", "created_at", "actor_id", "actor_name", "action", "object_type", "object_id", "ip", "data",
+                  "prev_hash", "hash"):
+        assert getattr(stored, field) == getattr(event, field), field
+    assert stored.actor_name == "writer" and stored.data == data and stored.object_id == "42"
+    assert not event._state.adding
+    assert verify_chain().ok
+
+
 def test_edited_row_is_named():
     events = _events(5)
     _raw("UPDATE compliance_auditevent SET data = %s WHERE seq = 3", ['{"i": 99}'])
