@@ -1,8 +1,10 @@
 """Shared by the benchmarks: the evaluation collection, a one-machine stack in a temporary DATA_DIR, metrics."""
 
+import atexit
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,8 @@ class Stack:
 
     def __init__(self, broker_db: int, data_dir: str | None = None, **extra_env):
         self.data = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="ragsite-bench-"))
+        if not data_dir and not os.environ.get("BENCH_KEEP_DATA"):  # a 100k-chunk database is ~440 MB
+            atexit.register(shutil.rmtree, self.data, ignore_errors=True)
         self.broker = f"redis://127.0.0.1:6379/{broker_db}"
         self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SECRET_KEY")}
         self.env.update({"DATA_DIR": str(self.data), "CELERY_BROKER_URL": self.broker, "HF_HUB_OFFLINE": "1",

@@ -59,7 +59,7 @@ def ingest(stack, corpus):
     finally:
         stop_process(worker)
     print(f"ingested {len(corpus)} passages through the worker in {time.perf_counter() - started:.1f} s "
-          f"(DATA_DIR {stack.data}; --reuse it to evaluate again)")
+          f"(DATA_DIR {stack.data}; with BENCH_KEEP_DATA=1 it is kept for --reuse)")
 
 
 def evaluate_all(stack, corpus, queries, qrels):

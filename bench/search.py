@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -262,23 +263,25 @@ def one_size(size: int, n: int, queries: list[str]):
     try:
         assert wait_for_http(f"{base}/healthz"), "gunicorn did not start"
         p50s = {}
-        for label in ("all", "5%"):
-            for concurrency in (1, 4, 8):
-                # Raw and API measurements alternate in ROUNDS blocks, so a slow spell of this shared machine
-                # lands on both sides of the ratio instead of on one.
-                raw_times, api_times, rates = [], [], []
+        for concurrency in (1, 4, 8):
+            # Raw and API measurements, of both users, alternate in ROUNDS blocks, so a slow spell of this shared
+            # machine lands on both sides of every ratio (API/raw, filtered/unfiltered) instead of on one.
+            raw_times, api_times, rates = defaultdict(list), defaultdict(list), defaultdict(list)
+            for label in scopes:
                 measure_raw(scopes[label], concurrency, concurrency * 2, "warm")
-                for r in range(ROUNDS):
-                    block = max(concurrency, n // ROUNDS)
-                    raw_times += measure_raw(scopes[label], concurrency, block, f"raw{label}{concurrency}r{r}")
+            for r in range(ROUNDS):
+                block = max(concurrency, n // ROUNDS)
+                for label in scopes:
+                    raw_times[label] += measure_raw(scopes[label], concurrency, block, f"raw{label}{concurrency}r{r}")
                     latencies, rps = measure_api(base, tokens[label], queries, concurrency, block,
                                                  f"{label}{concurrency}r{r}")
-                    api_times += latencies
-                    rates.append(rps)
-                (raw50, raw95), (p50, p95) = percentiles(raw_times), percentiles(api_times)
+                    api_times[label] += latencies
+                    rates[label].append(rps)
+            for label in scopes:
+                (raw50, raw95), (p50, p95) = percentiles(raw_times[label]), percentiles(api_times[label])
                 p50s[(label, concurrency)] = p50
                 print(f"sees {label:>3}, concurrency {concurrency}: raw p50 {raw50:6.1f} ms  p95 {raw95:6.1f} ms | "
-                      f"API p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  {statistics.mean(rates):5.1f} req/s | "
+                      f"API p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  {statistics.mean(rates[label]):5.1f} req/s | "
                       f"API/raw p50 {p50 / raw50:.2f}x  p95 {p95 / raw95:.2f}x", flush=True)
         for concurrency in (1, 4, 8):
             ratio = p50s[("5%", concurrency)] / p50s[("all", concurrency)]
