@@ -26,6 +26,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 _data_dir = Path(os.environ.get("DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_data_dir / "prometheus")))
+# Made here too, not only in on_starting: `gunicorn --check-config` loads the application without starting.
+_metrics_dir.mkdir(parents=True, exist_ok=True)
 
 
 def on_starting(server):

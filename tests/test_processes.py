@@ -86,6 +86,17 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path):
     assert len(pids) <= 1 or not pids  # samples are merged, not listed per worker process
 
 
+def test_gunicorn_check_config_passes_on_a_fresh_data_dir(tmp_path):
+    """`gunicorn --check-config` loads the application without starting a server; it used to fail because the
+    metrics directory was made only when a server starts."""
+    env = _env(tmp_path / "data")
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "ragsite/gunicorn.conf.py", "--check-config",
+                             "ragsite.wsgi"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "data" / "prometheus").is_dir()
+
+
 def test_flower_refuses_to_run_open_and_asks_for_credentials(tmp_path):
     env = _env(tmp_path / "data")
     env.pop("FLOWER_BASIC_AUTH", None)
