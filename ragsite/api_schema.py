@@ -16,6 +16,7 @@ ERROR_DESCRIPTIONS = {
     "404": "No such object, or one the caller may not see (the same answer for both)",
     "415": "The body is not in a media type the operation accepts",
     "429": "Throttled: try again after `Retry-After` seconds",
+    "503": "Unavailable: the rate limiter's Redis or the search index did not answer; try again shortly",
 }
 
 
@@ -48,7 +49,7 @@ class AutoSchema(openapi.AutoSchema):
         if operation.get("requestBody"):
             codes.append("415")
         if self._is_throttled():
-            codes.append("429")
+            codes += ["429", "503"]
         return codes
 
     def _is_throttled(self) -> bool:

@@ -314,6 +314,9 @@ CACHES = {
         "LOCATION": env.str("CACHE_URL", default="redis://127.0.0.1:6379/1"),
         "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="ragsite"),
         "TIMEOUT": 300,
+        # The rate limits live here: a Redis that is down or silent answers 503 within these seconds, never hangs.
+        "OPTIONS": {"socket_connect_timeout": env.float("CACHE_TIMEOUT", default=2.0),
+                    "socket_timeout": env.float("CACHE_TIMEOUT", default=2.0)},
     }
 }
 

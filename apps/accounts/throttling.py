@@ -11,6 +11,8 @@ and a request refused by the token's limit does not spend the user's allowance. 
 import uuid
 
 from django.core.cache import cache
+from redis.exceptions import RedisError
+from rest_framework.exceptions import APIException
 from rest_framework.throttling import SimpleRateThrottle
 
 from .models import ApiToken
@@ -41,6 +43,12 @@ return 0
 """
 
 _script = None
+
+
+class RateLimiterUnavailable(APIException):
+    status_code = 503
+    default_detail = "rate limiter unavailable"
+    default_code = "rate_limiter_unavailable"
 
 
 def _run(client, keys, args) -> int:
@@ -87,7 +95,11 @@ class ScopedThrottle(SimpleRateThrottle):
         args = [uuid.uuid4().hex]
         for _, num_requests, duration in limits:
             args += [num_requests, duration * 1000]
-        self.wait_ms = _run(client, keys, args)
+        try:
+            self.wait_ms = _run(client, keys, args)
+        except RedisError as exc:  # fail closed, and say why, rather than a 500 (or a hang: CACHE_TIMEOUT)
+            raise RateLimiterUnavailable(f"rate limiter unavailable: its Redis (CACHE_URL) did not answer "
+                                         f"({type(exc).__name__}); try again shortly") from exc
         return self.wait_ms == 0
 
     def wait(self):

@@ -32,6 +32,14 @@ def check_broker():
     return {"url": _redact(settings.CELERY_BROKER_URL)}
 
 
+def check_cache():
+    """The shared cache's Redis, which holds the rate limits: without it search and answer answer 503."""
+    from django.core.cache import cache
+
+    cache._cache.get_client(write=True).ping()
+    return {"url": _redact(settings.CACHES["default"]["LOCATION"])}
+
+
 def check_vector_index():
     from apps.retrieval.index import get_index
 
@@ -52,6 +60,7 @@ def check_embedding_model():
 CHECKS = {
     "database": check_database,
     "broker": check_broker,
+    "cache": check_cache,
     "vector_index": check_vector_index,
     "embedding_model": check_embedding_model,
 }

@@ -99,3 +99,31 @@ def test_views_without_a_scope_are_not_limited(bob, rates):
     rates.update({"search": "1/min"})
     client = token_client(bob)
     assert [client.get("/api/v1/sources/").status_code for _ in range(3)] == [200, 200, 200]
+
+
+@pytest.mark.parametrize("server", ["refused", "silent"])
+def test_a_rate_limiter_down_or_silent_answers_503_within_seconds(indexed_source, bob, settings, server):
+    """The limits live in Redis (CACHE_URL). Nothing listening, or a socket that accepts and never answers: the
+    search fails closed with 503 naming the rate limiter, within the cache's timeout, instead of a 500 or a hang."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if server == "silent":
+        listener.listen(16)  # the kernel accepts connections; nobody ever reads or answers
+    else:
+        listener.close()
+    client = token_client(bob)
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{port}/0",
+                                   "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}}}
+    try:
+        started = time.monotonic()
+        response = _search(client)
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+    assert response.status_code == 503, response.content
+    assert response.json()["detail"].startswith("rate limiter unavailable")
+    assert took < 8, took

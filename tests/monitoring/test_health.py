@@ -13,7 +13,7 @@ def test_readyz_reports_each_component():
     response = Client().get("/readyz")
     body = response.json()
     assert response.status_code == 200, body
-    assert set(body["components"]) == {"database", "broker", "vector_index", "embedding_model"}
+    assert set(body["components"]) == {"database", "broker", "cache", "vector_index", "embedding_model"}
     assert all(c["ok"] for c in body["components"].values())
 
 
@@ -24,6 +24,15 @@ def test_readyz_is_503_when_the_broker_is_down(settings):
     assert response.status_code == 503
     assert body["components"]["broker"]["ok"] is False and "error" in body["components"]["broker"]
     assert body["components"]["database"]["ok"] is True
+
+
+def test_readyz_is_503_when_the_cache_is_down(settings):
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}}
+    response = Client().get("/readyz")
+    body = response.json()
+    assert response.status_code == 503
+    assert body["components"]["cache"]["ok"] is False and "Connection" in body["components"]["cache"]["error"]
+    assert body["components"]["broker"]["ok"] is True
 
 
 def test_readyz_is_503_when_the_model_is_missing(settings, tmp_path):
