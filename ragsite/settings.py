@@ -345,6 +345,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Installed into the database scheduler at beat start; editable in the admin like any periodic task.
 CELERY_BEAT_SCHEDULE = {
     "reap stale syncs": {"task": "maintenance.reap_stale_syncs", "schedule": 60.0},
+    "compact the index outbox": {"task": "maintenance.compact_index_outbox", "schedule": 6 * 3600.0},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = True
@@ -391,6 +392,9 @@ SEARCH_MAX_QUERY_CHARS = 2000
 INDEX_APPROX = env.json("INDEX_APPROX", default={})
 # How often a web process checks the database's index log for chunks written by workers.
 INDEX_REFRESH_SECONDS = env.float("INDEX_REFRESH_SECONDS", default=1.0)
+# IndexChange outbox rows older than this, once every external index has applied them, are removed
+# (maintenance.compact_index_outbox, every 6 hours; apps/retrieval/outbox.py).
+INDEX_OUTBOX_RETENTION_DAYS = env.float("INDEX_OUTBOX_RETENTION_DAYS", default=7.0)
 # Optional generator for POST answer/ behind an OpenAI-compatible endpoint ({url}/chat/completions); empty = off.
 ANSWER_LLM_URL = env.str("ANSWER_LLM_URL", default="")
 ANSWER_LLM_MODEL = env.str("ANSWER_LLM_MODEL", default="")

@@ -52,3 +52,15 @@ class IndexCursor(models.Model):
 
     def __str__(self):
         return f"{self.key} @ {self.seq}"
+
+
+class OutboxCompaction(models.Model):
+    """How far the IndexChange outbox has been compacted (apps.retrieval.outbox): rows up to ``through_seq`` may be
+    gone. An index whose position is older cannot replay what it missed and rebuilds from the database instead."""
+
+    through_seq = models.BigIntegerField(default=0)
+    compacted_at = models.DateTimeField(null=True, blank=True)
+    rows_deleted = models.BigIntegerField(default=0, help_text="In all compactions so far")
+
+    def __str__(self):
+        return f"outbox compacted through #{self.through_seq}"

@@ -297,6 +297,36 @@ def test_changed_document_loses_its_old_chunks(handbook, corpus_dir):
     assert Counter(index().chunk_ids()) == Counter(db_chunk_ids())
 
 
+def test_an_index_behind_the_compacted_outbox_reloads_from_the_database(handbook, settings):
+    """Compaction (apps/retrieval/outbox.py) removed outbox rows this index had not applied: replaying cannot tell it
+    what changed, so it loads everything from the database. The embedded index is behind by its own position; a
+    Weaviate cursor is made to lag here by hand (compaction itself waits for cursors: a restored backup could)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.ingestion.models import Document
+    from apps.ingestion.sync import log_index_change
+    from apps.retrieval.models import IndexChange, IndexCursor
+    from apps.retrieval.outbox import compact_outbox, compacted_through
+
+    settings.INDEX_REFRESH_SECONDS = 3600  # the index looks only when told to
+    assert Counter(index().chunk_ids()) == Counter(db_chunk_ids())
+    doc = Document.objects.get(external_id="it/vpn.md")
+    doc_id = str(doc.pk)
+    doc.delete()
+    log_index_change([doc_id])
+    IndexChange.objects.update(created_at=timezone.now() - timedelta(days=30))
+    IndexCursor.objects.update(seq=max_change())  # as if applied, so compaction may remove the row...
+    assert compact_outbox(timedelta(days=7)).deleted >= 1 and not IndexChange.objects.exists()
+    IndexCursor.objects.update(seq=0)  # ...but this index never saw it
+    assert set(index().chunk_ids()) - db_chunk_ids()  # the deleted document's chunks: nothing told the index yet
+    index().refresh()
+    assert Counter(index().chunk_ids()) == Counter(db_chunk_ids())
+    assert index_search("GateKeeper badge number", mode="lexical") == []
+    assert compacted_through() == max(IndexCursor.objects.values_list("seq", flat=True), default=compacted_through())
+
+
 def test_search_catches_up_with_the_outbox_by_itself(handbook, bob, corpus_dir, settings):
     """A web process never told about a sync still serves its result (the index replays the outbox when due)."""
     settings.INDEX_REFRESH_SECONDS = 0

@@ -188,12 +188,18 @@ class EmbeddedIndex(VectorIndex):
         state.doc_code_of = {m.document_id: c for c, m in state.docs.items()}
         state.seq = int(meta["seq"])
         state.next_code = max(state.docs, default=-1) + 1
+        from apps.retrieval.outbox import compacted_through
+
+        if state.seq < compacted_through():
+            logger.info("index snapshot %s (outbox #%d) is older than the compacted outbox; building from the "
+                        "database", path, state.seq)
+            return None
         return state
 
     def _build_from_db(self) -> _State:
-        from apps.retrieval.models import IndexChange
+        from apps.retrieval.outbox import outbox_head
 
-        seq = IndexChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        seq = outbox_head()
         self._vocab = {}
         state = self._with_documents(_State.empty(self._dimension()), None)
         state.seq = seq
@@ -326,11 +332,24 @@ class EmbeddedIndex(VectorIndex):
 
     def refresh(self) -> None:
         from apps.retrieval.models import IndexChange
+        from apps.retrieval.outbox import compacted_through
 
         self._ensure_loaded()
         with self._lock:
             state = self._state
             changes = list(IndexChange.objects.filter(id__gt=state.seq).values_list("id", "document_id")[:50000])
+            # Read after the outbox: rows this index had yet to replay may have been compacted away since it last
+            # looked (removal and watermark commit together). Then only the database can say what changed.
+            if state.seq < compacted_through():
+                logger.warning("the index outbox was compacted past this index's position #%d; rebuilding from the "
+                               "database", state.seq)
+                self._approx = None
+                new_state = self._build_from_db()
+                self._approx = self._build_approx(new_state)
+                self._state = new_state
+                self._mask_cache.clear()
+                self._last_refresh = time.monotonic()
+                return
             if changes:
                 new_state = self._with_documents(state, list({d for _, d in changes}))
                 new_state.seq = changes[-1][0]

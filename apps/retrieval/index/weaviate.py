@@ -340,6 +340,7 @@ class WeaviateIndex(VectorIndex):
         """Apply the outbox after the cursor (a full import when never loaded). With ``wait=False`` a refresh
         another process or thread is running is left to finish the job."""
         from apps.retrieval.models import IndexCursor
+        from apps.retrieval.outbox import compacted_through
 
         self._connected()
         IndexCursor.objects.get_or_create(key=self.cursor_key)
@@ -352,7 +353,8 @@ class WeaviateIndex(VectorIndex):
                 if cursor is None:
                     return  # locked by another process, which is applying the same changes
                 self.last_failures = []
-                if cursor.seq is None:
+                if cursor.seq is None or cursor.seq < compacted_through():
+                    # never loaded, or (a cursor created while compaction ran) behind rows that are gone
                     self._import_all(cursor)
                 else:
                     self._apply_outbox(cursor)
@@ -391,9 +393,9 @@ class WeaviateIndex(VectorIndex):
         """Empty the index and import every chunk; documents Weaviate rejects go back into the outbox."""
         from apps.ingestion.models import Document
         from apps.ingestion.sync import log_index_change
-        from apps.retrieval.models import IndexChange
+        from apps.retrieval.outbox import outbox_head
 
-        seq = IndexChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        seq = outbox_head()
         client = self._connected()
         self._call("recreate the collection", lambda: self._recreate(client), deadline=self.insert_timeout)
         document_ids = [str(d) for d in Document.objects.order_by("pk").values_list("pk", flat=True)]
