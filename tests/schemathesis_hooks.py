@@ -8,10 +8,10 @@ that are valid on their own; negative cases are left as generated.
 - search/ and answer/: `filters.modified_after` earlier than `filters.modified_before`
 """
 
-from datetime import UTC, date, datetime, time
-
 import schemathesis
 from schemathesis import GenerationMode
+
+from apps.retrieval.moments import parse_moment  # free of Django, like this module
 
 SEARCH_MAX_WINDOW = 100  # apps/retrieval/search.py (this module runs inside schemathesis, without Django)
 
@@ -20,15 +20,8 @@ def _moment(value):
     if not isinstance(value, str):
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        try:
-            parsed = datetime.combine(date.fromisoformat(value), time.min)
-        except ValueError:
-            return None
-    try:
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except OverflowError:
+        return parse_moment(value)
+    except (ValueError, OverflowError):
         return None
 
 

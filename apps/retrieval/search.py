@@ -4,8 +4,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime
-from datetime import time as dtime
+from datetime import datetime
 
 import numpy as np
 from django.conf import settings
@@ -19,6 +18,7 @@ from ragsite.errors import FieldError
 from .embedder import get_embedder
 from .index import IndexFilter, IndexUnavailable, get_index
 from .index.fusion import FUSIONS, MODES, rocchio
+from .moments import parse_moment
 
 FILTER_KEYS = ("source", "classification", "modified_after", "modified_before")
 # Pages are slices of one ranking of at most this many results: offset + top_k may not exceed it. It equals the
@@ -113,23 +113,16 @@ def _classifications(value) -> frozenset | None:
 
 
 def _moment(name: str, value) -> datetime | None:
-    """An ISO 8601 date (midnight UTC) or date-time (UTC when it names no offset)."""
+    """An ISO 8601 date (midnight UTC) or date-time (UTC when it names no offset): moments.parse_moment."""
     if value is None:
         return None
-    parsed = None
-    if isinstance(value, str) and 0 < len(value) <= 64:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            try:
-                parsed = datetime.combine(date.fromisoformat(value), dtime.min)
-            except ValueError:
-                parsed = None
-    if parsed is None:
-        raise SearchError(f"filters.{name}", "must be an ISO 8601 date or date-time, like 2024-05-01 or "
-                                             "2024-05-01T12:00:00Z")
     try:
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        if not isinstance(value, str) or not 0 < len(value) <= 64:
+            raise ValueError(value)
+        return parse_moment(value)
+    except ValueError:
+        raise SearchError(f"filters.{name}", "must be an ISO 8601 date or date-time, like 2024-05-01 or "
+                                             "2024-05-01T12:00:00Z") from None
     except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC moment (was a 500)
         raise SearchError(f"filters.{name}", "is out of range once converted to UTC") from None
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from apps.accounts.access import AccessScope
-from tests.retrieval.test_index_contract import _bulk_corpus, _query_vector, close_index, index
+from tests.retrieval.index_backends import _bulk_corpus, _query_vector, close_index, index
 
 pytestmark = pytest.mark.django_db
 EVERYONE = AccessScope(frozenset(), unrestricted=True)

@@ -1,200 +1,36 @@
-"""The VectorIndex contract: the same cases against every backend, through the real sync and the real search.
-
-Backends: ``embedded``; ``weaviate-standin`` (the Weaviate backend's real client code against the wire-level
-stand-in in tests/retrieval/weaviate_standin, which is not Weaviate); ``weaviate-live`` (a real Weaviate, when the
-WEAVIATE_URL environment variable names one, with WEAVIATE_GRPC_PORT and WEAVIATE_API_KEY if needed; each test
-uses its own collection and deletes it). Then cases only the Weaviate backend has: a server that is down or never
-answers, rejected objects, tenants, API keys, and the stand-in's refusal of what it does not implement.
+"""The VectorIndex contract: the same cases against every backend (tests/retrieval/index_backends.py), through the
+real sync and the real search, then filters and pages on every backend. Cases only the Weaviate backend has are in
+test_weaviate_backend.py.
 """
 
 import dataclasses
 import os
-import socket
-import threading
-import time
 import uuid
 from collections import Counter
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from django.core.management import CommandError, call_command
 
-from apps.accounts.access import AccessScope, access_scope
+from apps.accounts.access import access_scope
 from tests.conftest import sync_now, token_client, write_corpus
 from tests.factories import UserFactory
-from tests.retrieval.weaviate_standin import WeaviateStandIn
-
-SEARCH = "/api/v1/search/"
-EVERYONE = AccessScope(frozenset(), unrestricted=True)
-LIVE_URL = os.environ.get("WEAVIATE_URL", "")
-WEAVIATE_BACKENDS = ["weaviate-standin", "weaviate-live"]
-BACKENDS = ["embedded", *WEAVIATE_BACKENDS]
+from tests.retrieval.index_backends import (
+    EVERYONE,
+    SEARCH,
+    _bulk_corpus,
+    _query_vector,
+    db_chunk_ids,
+    external_ids,
+    index,
+    index_search,
+    max_change,
+    sync,
+    weaviate_client,
+)
 
 pytestmark = pytest.mark.django_db
-
-
-# --- backends -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def standin():
-    server = WeaviateStandIn().start()
-    yield server
-    server.stop()
-
-
-def close_index():
-    """Close the cached index (a Weaviate client holds connections and threads) and forget it."""
-    from apps.retrieval.index import get_index
-
-    if get_index.cache_info().currsize:
-        cached = get_index()
-        if hasattr(cached, "close"):
-            cached.close()
-    get_index.cache_clear()
-
-
-@pytest.fixture(autouse=True)
-def _closed_index():
-    yield
-    close_index()
-
-
-def _use_backend(name, request, settings):
-    """Point the settings at a backend; returns a teardown."""
-    from apps.retrieval.index import get_index
-
-    teardown = []
-    if name == "embedded":
-        settings.VECTOR_BACKEND = "embedded"
-    elif name == "weaviate-standin":
-        server = request.getfixturevalue("standin")
-        server.reset()
-        settings.VECTOR_BACKEND = "weaviate"
-        settings.WEAVIATE_URL, settings.WEAVIATE_GRPC_PORT = server.url, server.grpc_port
-
-        def nothing_unimplemented():
-            assert server.unknown_calls == [], "the backend sent requests the stand-in does not implement"
-
-        teardown.append(nothing_unimplemented)
-    else:
-        if not LIVE_URL:
-            pytest.skip("no live Weaviate: set WEAVIATE_URL")
-        settings.VECTOR_BACKEND = "weaviate"
-        settings.WEAVIATE_URL = LIVE_URL
-        settings.WEAVIATE_GRPC_PORT = int(os.environ.get("WEAVIATE_GRPC_PORT", "50051"))
-        settings.WEAVIATE_API_KEY = os.environ.get("WEAVIATE_API_KEY", "")
-        settings.WEAVIATE_COLLECTION = f"RagsiteContract{uuid.uuid4().hex[:12]}"
-
-        def drop_collection():
-            with weaviate_client(settings) as client:
-                client.collections.delete(settings.WEAVIATE_COLLECTION)
-
-        teardown.append(drop_collection)
-    get_index.cache_clear()
-
-    def finish():
-        close_index()
-        for step in teardown:
-            step()
-
-    return finish
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, settings):
-    finish = _use_backend(request.param, request, settings)
-    yield request.param
-    finish()
-
-
-@pytest.fixture(params=WEAVIATE_BACKENDS)
-def weaviate_backend(request, settings):
-    finish = _use_backend(request.param, request, settings)
-    yield request.param
-    finish()
-
-
-@contextmanager
-def weaviate_client(settings):
-    """A client of our own, as an operator would open one, for inspecting and injecting drift."""
-    from urllib.parse import urlsplit
-
-    import weaviate
-    from weaviate.classes.init import Auth
-
-    url = urlsplit(settings.WEAVIATE_URL)
-    client = weaviate.connect_to_custom(
-        http_host=url.hostname, http_port=url.port or 80, http_secure=url.scheme == "https",
-        grpc_host=url.hostname, grpc_port=settings.WEAVIATE_GRPC_PORT, grpc_secure=url.scheme == "https",
-        auth_credentials=Auth.api_key(settings.WEAVIATE_API_KEY) if getattr(settings, "WEAVIATE_API_KEY", "") else None,
-        skip_init_checks=True,
-    )
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def index():
-    from apps.retrieval.index import get_index
-
-    return get_index()
-
-
-def index_search(query, *, scope=EVERYONE, mode="hybrid", top_k=10, source_ids=None, fusion="relative_score"):
-    from apps.retrieval.embedder import get_embedder
-
-    vector = get_embedder().encode_query(query) if mode != "lexical" else None
-    return index().search(vector, scope, top_k, source_ids, query=query, mode=mode, fusion=fusion)
-
-
-def external_ids(chunk_ids) -> list[str]:
-    """The source path of each chunk's document, in order."""
-    from apps.ingestion.models import Chunk
-
-    chunk_ids = list(chunk_ids)
-    paths = dict(Chunk.objects.filter(id__in=list(chunk_ids)).values_list("id", "document__external_id"))
-    return [paths.get(uuid.UUID(str(c)), f"<not in the database: {c}>") for c in chunk_ids]
-
-
-def db_chunk_ids() -> set[str]:
-    from apps.ingestion.models import Chunk
-
-    return {str(c) for c in Chunk.objects.values_list("id", flat=True)}
-
-
-def max_change() -> int:
-    from apps.retrieval.models import IndexChange
-
-    return IndexChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
-
-
-def sync(source, **kwargs):
-    """A sync, which brings the index up to date itself at its end (as the worker does)."""
-    run = sync_now(source, **kwargs)
-    assert run.status == "succeeded", run.errors
-    return run
-
-
-@pytest.fixture
-def handbook(backend, corpus_dir, roles):
-    from apps.ingestion.services import create_source
-
-    source = create_source(name="handbook", config={"path": str(corpus_dir)})
-    sync(source)
-    return source
-
-
-@pytest.fixture
-def weaviate_handbook(weaviate_backend, corpus_dir, roles):
-    from apps.ingestion.services import create_source
-
-    source = create_source(name="handbook", config={"path": str(corpus_dir)})
-    sync(source)
-    return source
 
 
 # --- the contract, for every backend ------------------------------------------------------------------------
@@ -408,248 +244,12 @@ def inject_duplicate(backend, settings, chunk):
         assert not result.errors
 
 
-# --- Weaviate only --------------------------------------------------------------------------------------------
-
-
-def test_hybrid_sides_are_read_from_weaviates_explain_text():
-    from apps.retrieval.index.weaviate import sides_from_explain
-
-    current = ("(Result Set 'vector') Document 5b0d3c1e-6f0e-4a53-9d7b-6a2b9c1f7e42: original score 0.83452, "
-               "normalized score: 0.75 - (Result Set 'keyword') Document 5b0d3c1e-6f0e-4a53-9d7b-6a2b9c1f7e42: "
-               "original score 2.5e-01, normalized score: 0")
-    older = ("\nHybrid (Result Set keyword,hybridSearch) Document 1f: original score 3.25, normalized score: 0.2 - "
-             "Hybrid (Result Set vector,hybridVector) Document 1f: original score 0.5, normalized score: 0.5")
-    ranked = "\n(Result Set keyword) Document 1f contributed 0.008196721 to the score"
-    assert sides_from_explain(current) == (pytest.approx(0.83452), pytest.approx(0.25))
-    assert sides_from_explain(older) == (pytest.approx(0.5), pytest.approx(3.25))
-    assert sides_from_explain(ranked) == (None, None)  # ranked fusion prints no side scores
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def assert_index_down(client, elapsed_limit=5.0):
-    started = time.monotonic()
-    response = client.post(SEARCH, {"query": "VPN"}, format="json")
-    elapsed = time.monotonic() - started
-    assert response.status_code == 503, response.content
-    assert response.json()["detail"].startswith("search index unavailable: Weaviate at http://127.0.0.1:")
-    assert elapsed < elapsed_limit, f"took {elapsed:.1f} s"
-    ready = client.get("/readyz")
-    assert ready.status_code == 503
-    vector_index = ready.json()["components"]["vector_index"]
-    assert vector_index["ok"] is False and "Weaviate at http://127.0.0.1:" in vector_index["error"]
-    return response.json()["detail"]
-
-
-def test_unreachable_weaviate_answers_503_at_once(settings, bob):
-    settings.VECTOR_BACKEND = "weaviate"
-    settings.WEAVIATE_URL = f"http://127.0.0.1:{free_port()}"
-    settings.WEAVIATE_GRPC_PORT = free_port()
-    detail = assert_index_down(token_client(bob))
-    assert "unreachable" in detail
-
-
-@pytest.fixture
-def silent_ports():
-    """Two ports (REST, gRPC) that accept connections and never answer: a hung or half-firewalled Weaviate."""
-    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
-    held, stop = [], threading.Event()
-
-    def accept(listener):
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    threads = [threading.Thread(target=accept, args=(listener,), daemon=True) for listener in listeners]
-    for thread in threads:
-        thread.start()
-    yield [listener.getsockname()[1] for listener in listeners]
-    stop.set()
-    for thread in threads:
-        thread.join()
-    for conn in [*held, *listeners]:
-        conn.close()
-
-
-def test_silent_weaviate_answers_503_within_the_timeout(settings, bob, silent_ports):
-    settings.VECTOR_BACKEND = "weaviate"
-    settings.WEAVIATE_URL = f"http://127.0.0.1:{silent_ports[0]}"
-    settings.WEAVIATE_GRPC_PORT = silent_ports[1]
-    settings.WEAVIATE_TIMEOUT = 1
-    detail = assert_index_down(token_client(bob), elapsed_limit=3.0)
-    assert "no answer within 1 s" in detail
-
-
-def test_weaviate_going_down_answers_503_within_seconds(settings, bob, corpus_dir, roles):
-    """The client retries an unavailable gRPC server for about a minute; the backend's deadline does not wait."""
-    from apps.ingestion.services import create_source
-
-    server = WeaviateStandIn().start()
-    try:
-        settings.VECTOR_BACKEND = "weaviate"
-        settings.WEAVIATE_URL, settings.WEAVIATE_GRPC_PORT = server.url, server.grpc_port
-        sync(create_source(name="handbook", config={"path": str(corpus_dir)}))
-        client = token_client(bob)
-        assert client.post(SEARCH, {"query": "VPN"}, format="json").status_code == 200
-    finally:
-        server.stop()
-    assert_index_down(client)
-    started = time.monotonic()  # the breaker is open: the next request does not even try
-    assert client.post(SEARCH, {"query": "VPN"}, format="json").status_code == 503
-    assert time.monotonic() - started < 0.5
-
-
-def test_readyz_reports_weaviate_ready(weaviate_handbook, client):
-    component = client.get("/readyz").json()["components"]["vector_index"]
-    assert component["ok"] is True, component
-    assert component["backend"] == "weaviate" and component["pending_changes"] == 0
-
-
-def test_rejected_object_is_counted_and_retried(settings, standin, corpus_dir, roles):
-    from apps.ingestion.models import Document
-    from apps.ingestion.services import create_source
-    from apps.retrieval.models import IndexCursor
-
-    standin.reset()
-    settings.VECTOR_BACKEND = "weaviate"
-    settings.WEAVIATE_URL, settings.WEAVIATE_GRPC_PORT = standin.url, standin.grpc_port
-    source = create_source(name="handbook", config={"path": str(corpus_dir)})
-    sync(source)
-    vpn = str(Document.objects.get(external_id="it/vpn.md").pk)
-    standin.reject_objects(lambda collection, properties: properties.get("document_id") == vpn)
-    write_corpus(corpus_dir, {
-        "it/vpn.md": "# Connecting to the VPN\n\nOpen the Zephyrgate portal and sign in.",
-        "policies/expenses.txt": "Travel and expenses\n\nTaxis are reimbursed only after midnight (Nightowl rule).",
-    })
-    sync(source)
-
-    status = index().status()
-    assert status["failed_objects"] == 1
-    assert status["last_failures"][0]["document_id"] == vpn
-    assert "rejected by the stand-in on purpose" in status["last_failures"][0]["error"]
-    assert IndexCursor.objects.get().seq < max_change()  # not past the failed document
-    assert external_ids(h.chunk_id for h in index_search("Nightowl", mode="lexical")) == ["policies/expenses.txt"]
-    assert index_search("Zephyrgate", mode="lexical") == []
-
-    standin.store.rejections.clear()
-    index().refresh()
-    assert external_ids(h.chunk_id for h in index_search("Zephyrgate", mode="lexical")) == ["it/vpn.md"]
-    assert IndexCursor.objects.get().seq == max_change()
-    assert index().status()["failed_objects"] == 1  # counted once, not again
-    assert Counter(index().chunk_ids()) == Counter(db_chunk_ids())
-    assert standin.unknown_calls == []
-
-
-def test_vector_of_wrong_length_is_refused_then_retried(weaviate_handbook, corpus_dir):
-    """A real per-object error, the same on the stand-in and on Weaviate: a vector of the wrong length."""
-    from apps.ingestion.models import Chunk
-
-    write_corpus(corpus_dir, {"it/vpn.md": "# Connecting to the VPN\n\nOpen the Zephyrgate portal and sign in."})
-    sync_now(weaviate_handbook)
-    from apps.ingestion.sync import log_index_change
-    from apps.retrieval.models import IndexCursor
-
-    chunk = Chunk.objects.get(document__external_id="it/vpn.md")
-    good = bytes(chunk.embedding)
-    Chunk.objects.filter(pk=chunk.pk).update(embedding=good[:40])  # ten floats instead of 384
-    log_index_change([chunk.document_id])
-    index().refresh()
-    assert index().status()["failed_objects"] == 1
-    assert IndexCursor.objects.get().seq < max_change()  # the cursor waits before the rejected document
-    # the version the sync pushed stays searchable: a rejected update loses nothing
-    assert external_ids(h.chunk_id for h in index_search("Zephyrgate", mode="lexical")) == ["it/vpn.md"]
-
-    Chunk.objects.filter(pk=chunk.pk).update(embedding=good)
-    log_index_change([chunk.document_id])
-    index().refresh()
-    assert external_ids(h.chunk_id for h in index_search("Zephyrgate", mode="lexical")) == ["it/vpn.md"]
-    assert Counter(index().chunk_ids()) == Counter(db_chunk_ids())
-
-
-def test_tenants_keep_organisations_apart(weaviate_backend, settings, corpus_dir, roles):
-    from apps.ingestion.services import create_source
-    from apps.retrieval.index.weaviate import WeaviateIndex
-
-    settings.WEAVIATE_TENANT = "acme"
-    source = create_source(name="handbook", config={"path": str(corpus_dir)})
-    sync(source)
-    assert Counter(index().chunk_ids()) == Counter(db_chunk_ids())
-    assert external_ids(h.chunk_id for h in index_search("GateKeeper", mode="lexical")) == ["it/vpn.md"]
-
-    settings.WEAVIATE_TENANT = "globex"
-    globex = WeaviateIndex.from_settings()
-    try:
-        assert globex.chunk_ids() == []  # its tenant is created empty and sees nothing of acme's
-        globex.refresh()  # this database's chunks, imported into globex's tenant
-        assert len(globex.chunk_ids()) == len(db_chunk_ids())
-        index().rebuild()  # acme's rebuild empties acme's tenant only
-        assert len(globex.chunk_ids()) == len(db_chunk_ids())
-    finally:
-        globex.close()
-
-
-def test_api_key_is_sent(settings, bob, corpus_dir, roles):
-    from apps.ingestion.services import create_source
-
-    server = WeaviateStandIn(api_key="s3cret-key").start()
-    try:
-        settings.VECTOR_BACKEND = "weaviate"
-        settings.WEAVIATE_URL, settings.WEAVIATE_GRPC_PORT = server.url, server.grpc_port
-        settings.WEAVIATE_API_KEY = "wrong"
-        response = token_client(bob).post(SEARCH, {"query": "VPN"}, format="json")
-        assert response.status_code == 503 and "401" in response.json()["detail"]
-        close_index()
-        settings.WEAVIATE_API_KEY = "s3cret-key"
-        sync(create_source(name="handbook", config={"path": str(corpus_dir)}))
-        response = token_client(bob).post(SEARCH, {"query": "VPN gateway"}, format="json")
-        assert response.status_code == 200 and response.json()["results"]
-        assert server.unknown_calls == []
-    finally:
-        server.stop()
-
-
-def test_standin_refuses_what_it_does_not_implement(standin):
-    """Honesty of the stand-in: requests it does not implement fail loudly and are recorded."""
-    import weaviate
-    from weaviate.classes.config import Configure
-    from weaviate.classes.query import Sort
-    from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateQueryError
-
-    standin.reset()
-    client = weaviate.connect_to_custom(
-        http_host="127.0.0.1", http_port=standin.http_port, http_secure=False,
-        grpc_host="127.0.0.1", grpc_port=standin.grpc_port, grpc_secure=False, skip_init_checks=True,
-    )
-    try:
-        with pytest.raises(UnexpectedStatusCodeError, match="501"):
-            client.collections.list_all()  # GET /v1/schema
-        client.collections.create("Probe", vector_config=Configure.Vectors.self_provided())
-        with pytest.raises(WeaviateQueryError, match="not implemented"):
-            client.collections.use("Probe").aggregate.over_all(total_count=True)
-        with pytest.raises(WeaviateQueryError, match="not implemented"):
-            client.collections.use("Probe").query.fetch_objects(limit=5, sort=Sort.by_property("x"))
-    finally:
-        client.close()
-    assert standin.unknown_calls[0] == "GET /v1/schema"
-    assert any("Aggregate" in call for call in standin.unknown_calls)
-    assert any("sort_by" in call for call in standin.unknown_calls)
-    standin.reset()
-
-
 # --- filters and pages, for every backend ---------------------------------------------------------------------
 
 
 @pytest.fixture
 def labelled(backend, roles, tmp_path):
     """Documents of three classifications (from the sidecars) and three modification dates (file mtimes)."""
-    import os
     from datetime import UTC, datetime
 
     from apps.ingestion.services import create_source
@@ -700,12 +300,6 @@ def test_metadata_filters_inside_the_search(labelled, bob, mode, filters, expect
     assert {r["uri"].split("/labelled/")[1] for r in response.json()["results"]} == expected
 
 
-def _query_vector(query):
-    from apps.retrieval.embedder import get_embedder
-
-    return get_embedder().encode_query(query)
-
-
 def test_db_recheck_applies_the_filters(labelled, bob, settings):
     """A document relabelled in the database after the index last refreshed is not returned against the filter."""
     from apps.ingestion.models import Document
@@ -715,47 +309,6 @@ def test_db_recheck_applies_the_filters(labelled, bob, settings):
     Document.objects.filter(external_id="secret/tender.md").update(classification="public")
     body = {"query": "Marlin telemetry buoy", "filters": {"classification": ["confidential"]}}
     assert token_client(bob).post(SEARCH, body, format="json").json()["results"] == []
-
-
-def _bulk_corpus(visible_docs=1, hidden_docs=99, chunks_per_doc=5, query="quarterly harbour tide report"):
-    """Documents written straight into the database (vectors derived from the real query vector, so the ranking is
-    known): hidden documents are 'internal' and match the query better on both sides; visible ones are
-    'restricted'. Returns the visible documents' chunk ids."""
-    from apps.ingestion.models import Chunk, Document, DocumentAccess, Source, chunk_id_for, document_id_for
-    from apps.ingestion.sync import log_index_change
-    from apps.retrieval.embedder import get_embedder, vector_to_bytes
-
-    embedder = get_embedder()
-    q = embedder.encode_query(query)
-    rng = np.random.default_rng(3)
-    source = Source.objects.create(name="bulk", kind="filesystem", config={"path": "/"})
-    visible, docs, access, chunks = [], [], [], []
-    for d in range(visible_docs + hidden_docs):
-        is_visible = d < visible_docs
-        doc_id = document_id_for(source.pk, f"doc-{d}")
-        docs.append(Document(id=doc_id, source=source, external_id=f"doc-{d}", uri=f"bulk://{d}", title=f"Doc {d}",
-                             content_type="text/plain", content_hash=f"{d:064x}",
-                             classification="restricted" if is_visible else "internal"))
-        access.append(DocumentAccess(document_id=doc_id, principal="authenticated"))
-        for o in range(chunks_per_doc):
-            noise = rng.standard_normal(len(q)).astype(np.float32)
-            noise /= np.linalg.norm(noise)
-            vector = (0.2 * q + noise) if is_visible else (q + 0.3 * noise)
-            vector /= np.linalg.norm(vector)
-            text = ("A note that mentions the quarterly report once." if is_visible else
-                    "Quarterly harbour tide report: the quarterly harbour tide report of the harbour tide office.")
-            chunk_id = chunk_id_for(doc_id, o)
-            chunks.append(Chunk(id=chunk_id, document_id=doc_id, ordinal=o, text=f"{text} ({d}.{o})",
-                                text_hash=f"{d:032x}{o:032x}", embedding=vector_to_bytes(vector),
-                                embedding_model=embedder.name, embedding_dim=embedder.dimension))
-            if is_visible:
-                visible.append(str(chunk_id))
-    Document.objects.bulk_create(docs)
-    DocumentAccess.objects.bulk_create(access)
-    Chunk.objects.bulk_create(chunks)
-    log_index_change([d.id for d in docs])
-    index().refresh()
-    return visible
 
 
 def test_filter_leaving_one_percent_still_fills_top_k(backend, roles, bob):

@@ -7,15 +7,7 @@ import pytest
 from django.core.management import call_command
 
 from tests.conftest import token_client
-from tests.retrieval.test_index_contract import (  # noqa: F401 - fixtures
-    _closed_index,
-    backend,
-    close_index,
-    external_ids,
-    handbook,
-    index,
-    standin,
-)
+from tests.retrieval.index_backends import close_index, external_ids, index
 
 pytestmark = pytest.mark.django_db
 SEARCH = "/api/v1/search/"

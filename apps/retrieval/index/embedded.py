@@ -343,11 +343,7 @@ class EmbeddedIndex(VectorIndex):
             if state.seq < compacted_through():
                 logger.warning("the index outbox was compacted past this index's position #%d; rebuilding from the "
                                "database", state.seq)
-                self._approx = None
-                new_state = self._build_from_db()
-                self._approx = self._build_approx(new_state)
-                self._state = new_state
-                self._mask_cache.clear()
+                self.rebuild()  # the lock is re-entrant; the fresh snapshot spares the next process the same
                 self._last_refresh = time.monotonic()
                 return
             if changes:
