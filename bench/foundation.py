@@ -84,7 +84,7 @@ def main():
     from django.contrib.auth import get_user_model
 
     from apps.accounts.access import access_scope
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
     from apps.retrieval.index import get_index
 
     admin = get_user_model().objects.get(username="admin")

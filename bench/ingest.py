@@ -116,7 +116,7 @@ def main():
     stack.django_here()
     from django.conf import settings
 
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
 
     embedder = get_embedder()
     embedder.encode(texts[:64])  # load and warm

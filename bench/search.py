@@ -51,7 +51,7 @@ def real_vectors():
     if VECTOR_CACHE.exists():
         with np.load(VECTOR_CACHE) as data:
             return data["passages"], data["queries"]
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
 
     corpus, judged, _ = load_collection()
     queries = [json.loads(line)["text"] for line in (COLLECTION / "queries.jsonl").open()]
@@ -87,8 +87,8 @@ def synthetic_corpus(stack: Stack, chunks: int, restricted_share=0.05, vectors=N
     from django.db import transaction
 
     from apps.accounts.roles import ensure_roles
+    from apps.ingestion.embedding import get_embedder, vector_to_bytes
     from apps.ingestion.models import Chunk, Document, DocumentAccess, Source, chunk_id_for, document_id_for
-    from apps.retrieval.embedder import get_embedder, vector_to_bytes
 
     ensure_roles()
     rng = np.random.default_rng(7)
@@ -217,7 +217,7 @@ def one_size(size: int, n: int, queries: list[str]):
     everyone, five = synthetic_corpus(stack, size)
     from apps.accounts.access import access_scope
     from apps.accounts.models import ApiToken
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
     from apps.retrieval.index import get_index
 
     embedder = get_embedder()

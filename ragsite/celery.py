@@ -19,6 +19,6 @@ app.autodiscover_tasks()
 @worker_process_init.connect
 def _load_model(**kwargs):
     """Load the embedding model when a pool process starts, not inside the first task (once per process)."""
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
 
     get_embedder().encode(["warm up"])

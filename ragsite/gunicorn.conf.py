@@ -51,7 +51,7 @@ def post_worker_init(worker):
 
     log = logging.getLogger("ragsite.gunicorn")
     try:
-        from apps.retrieval.embedder import get_embedder
+        from apps.ingestion.embedding import get_embedder
 
         get_embedder().encode_query("warm up")
     except Exception:

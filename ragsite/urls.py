@@ -8,7 +8,6 @@ from apps.retrieval.api.views import AnswerView, SearchView
 api_v1 = [
     path("search/", SearchView.as_view(), name="search"),
     path("answer/", AnswerView.as_view(), name="answer"),
-    path("", include("apps.accounts.api.urls")),  # grants on sources and documents
     path("", include("apps.ingestion.api.urls")),
 ]
 

@@ -18,6 +18,8 @@ export SECRET_KEY="test-only-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \
 
 echo "== ruff"
 .venv/bin/ruff check .
+echo "== lint-imports (the layers in .importlinter)"
+.venv/bin/lint-imports --no-cache
 echo "== makemigrations --check"
 env -u DATABASE_URL .venv/bin/python manage.py makemigrations --check --dry-run >/dev/null
 echo "== pytest (DATABASE_URL=${DATABASE_URL%%\?*}, broker ${CELERY_BROKER_URL})"

@@ -101,7 +101,7 @@ class SsoGroupGrant(models.Model):
         return f"{self.user} in {self.group} via {self.provider}"
 
 
-# --- object permissions on sources and documents (apps/accounts/grants.py is their only writer) ---------------
+# --- object permissions on sources and documents (apps/ingestion/grants.py is their only writer) ---------------
 #
 # Direct foreign-key tables (django-guardian's UserObjectPermissionBase / GroupObjectPermissionBase) rather than its
 # generic ones: a join on an indexed integer or UUID column instead of a content type plus a text object id. The
@@ -206,5 +206,3 @@ class AccessVersion(models.Model):
     def __str__(self):
         return f"access version {self.version}"
 
-
-from . import grants  # noqa: E402,F401  (connects the reader-groups signal; grants.py imports these models)

@@ -1,19 +1,8 @@
 from django.contrib import admin
 
+from ragsite.admin_base import ReadOnlyAdmin
+
 from .models import AuditEvent
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows an operator may look at but never add, change or delete from the admin."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AuditEvent)

@@ -1,15 +1,15 @@
 from django import forms
 from django.contrib import admin, messages
 
-from apps.accounts.admin import (
+from ragsite.admin_base import ReadOnlyAdmin
+
+from . import services
+from .grants_admin import (
     GRANT_INLINES_FOR_DOCUMENT,
     GRANT_INLINES_FOR_SOURCE,
     DocumentGrantAdminMixin,
     GrantAdminMixin,
 )
-from apps.compliance.admin import ReadOnlyAdmin
-
-from . import services
 from .models import Chunk, Document, DocumentAccess, Source, SyncRun
 from .secrets import mask_config
 from .sync import CancelError, cancel_sync, request_sync
@@ -43,7 +43,7 @@ class SourceAdmin(GrantAdminMixin, admin.ModelAdmin):
     search_fields = ("name",)
     filter_horizontal = ("reader_groups",)
     actions = ["sync_now"]
-    inlines = GRANT_INLINES_FOR_SOURCE  # saved through apps.accounts.grants
+    inlines = GRANT_INLINES_FOR_SOURCE  # saved through apps.ingestion.grants
 
     form = SourceForm
 
@@ -124,7 +124,7 @@ class DocumentAdmin(DocumentGrantAdminMixin, ReadOnlyAdmin):
     search_fields = ("title", "external_id")
     list_select_related = ("source",)
     readonly_fields = [f.name for f in Document._meta.fields] + ["who_can_read"]
-    inlines = [DocumentAccessInline, *GRANT_INLINES_FOR_DOCUMENT]  # grants saved through apps.accounts.grants
+    inlines = [DocumentAccessInline, *GRANT_INLINES_FOR_DOCUMENT]  # grants saved through apps.ingestion.grants
     show_full_result_count = False
 
 

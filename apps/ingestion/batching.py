@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.retrieval.embedder import embed_with_cache, vector_from_bytes, vector_to_bytes
+from apps.ingestion.embedding import embed_with_cache, vector_from_bytes, vector_to_bytes
 
 from .models import EmbeddingBatch
 

@@ -8,11 +8,13 @@ from django.utils.text import slugify
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from apps.compliance.audit import record
+from apps.compliance.labels import CLASSIFICATIONS
 from ragsite.errors import FieldError
 
 from . import secrets
 from .connectors import CONNECTORS, WEBHOOK_SECRET
-from .connectors.base import CLASSIFICATIONS, ConfigError, ConnectorError
+from .connectors.base import ConfigError, ConnectorError
+from .hooks import announce_changes
 from .models import Source
 
 
@@ -156,8 +158,6 @@ def update_source(source: Source, *, user=None, **changes):
 
 
 def delete_source(source: Source, *, user=None):
-    from .sync import log_index_change
-
     with transaction.atomic():
         document_ids = list(source.documents.values_list("id", flat=True))
         PeriodicTask.objects.filter(name=f"sync source {source.pk}").delete()
@@ -165,4 +165,4 @@ def delete_source(source: Source, *, user=None):
                data={"name": source.name, "documents": len(document_ids)})
         source.delete()
         if document_ids:
-            log_index_change(document_ids)
+            announce_changes(document_ids)

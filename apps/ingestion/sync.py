@@ -24,18 +24,30 @@ from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from apps.compliance.audit import record
-from apps.retrieval.embedder import embed_with_cache, get_embedder, text_hash, vector_to_bytes
-from apps.retrieval.models import EmbeddingCacheEntry, IndexChange
+from apps.compliance.labels import CLASSIFICATIONS
 
 from . import batching
 from .chunking import chunk_text, passage_text
 from .connectors import ConnectorError, get_connector
-from .connectors.base import CLASSIFICATIONS, ItemError, RawDocument
-from .models import Chunk, Document, DocumentAccess, EmbeddingBatch, Source, SyncRun, chunk_id_for, document_id_for
+from .connectors.base import ItemError, RawDocument
+from .embedding import embed_with_cache, get_embedder, text_hash, vector_to_bytes
+from .grants import SyncAccess, write_readers
+from .hooks import announce_changes, announce_commit
+from .models import (
+    Chunk,
+    Document,
+    DocumentAccess,
+    EmbeddingBatch,
+    EmbeddingCacheEntry,
+    Source,
+    SyncRun,
+    chunk_id_for,
+    document_id_for,
+)
 from .parsing import ParsedDocument, ParseError, parse
 
 logger = logging.getLogger(__name__)
@@ -302,9 +314,7 @@ class _SyncJob:
 
     def _principals(self, raw) -> list[str]:
         # Connector ACL or source readers, then the document's own grants or restriction: the one rule, in
-        # apps.accounts.grants (which also records the connector's ACL, so a grant changed later can recompute it).
-        from apps.accounts.grants import SyncAccess
-
+        # apps.ingestion.grants (which also records the connector's ACL, so a grant changed later can recompute it).
         if getattr(self, "_grants", None) is None:
             self._grants = SyncAccess(self.source.pk)
         return self._grants.principals(document_id_for(self.source.pk, raw.external_id), raw.groups)
@@ -553,7 +563,7 @@ class _SyncJob:
             )
             for item, _ in batch:
                 self._sync_access(item.document_id, item.principals, log=False)
-            log_index_change(ids)
+            announce_changes(ids)
         for item, _ in batch:
             if item.known_hash is None:
                 self.run.items_new += 1
@@ -567,15 +577,9 @@ class _SyncJob:
         if current == wanted:
             return False
         with transaction.atomic():
-            if current - wanted:
-                DocumentAccess.objects.filter(document_id=document_id, principal__in=current - wanted).delete()
-            # ignore_conflicts: a grant rewrite (apps/accounts/grants.py) may have written the same row meanwhile.
-            DocumentAccess.objects.bulk_create(
-                [DocumentAccess(document_id=document_id, principal=p) for p in sorted(wanted - current)],
-                ignore_conflicts=True,
-            )
+            write_readers({document_id: (current, wanted)})
             if log:
-                log_index_change([document_id])
+                announce_changes([document_id])
         # After the commit: if the transaction rolls back, the next sync finds the old readers and tries again.
         transaction.on_commit(lambda: self._access.__setitem__(document_id, wanted))
         return True
@@ -591,7 +595,7 @@ class _SyncJob:
                 )
                 Document.objects.filter(pk__in=existing).delete()
                 if existing:
-                    log_index_change(existing)
+                    announce_changes(existing)
             self.run.items_deleted += len(existing)
 
     def _forget_unused_embeddings(self):
@@ -607,23 +611,6 @@ class _SyncJob:
         self._replaced_hashes.clear()
 
     def _after_write(self):
-        """Bring the vector index up to date now rather than at the next search; the outbox keeps the changes
-        if the index cannot take them (a Weaviate that is down catches up on its next refresh)."""
-        from apps.retrieval.index import IndexUnavailable, get_index
-
-        try:
-            index = get_index()
-            index.refresh()
-            index.persist()
-        except IndexUnavailable as exc:
-            logger.warning("sync run %s: vector index not updated now (%s); the outbox keeps the changes",
-                           self.run.pk, exc)
-
-
-def log_index_change(document_ids):
-    """Append to the index outbox. On PostgreSQL an advisory lock held to commit makes ids follow commit
-    order, so a reader that has seen id N has seen every id below it."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [7_340_001])
-    IndexChange.objects.bulk_create([IndexChange(document_id=d) for d in document_ids])
+        """Bring the vector index up to date now rather than at the next search (the retrieval app's receiver; the
+        outbox keeps the changes if the index cannot take them)."""
+        announce_commit(f"sync run {self.run.pk}")

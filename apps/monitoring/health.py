@@ -48,7 +48,7 @@ def check_vector_index():
 
 
 def check_embedding_model():
-    from apps.retrieval.embedder import get_embedder, model_path
+    from apps.ingestion.embedding import get_embedder, model_path
 
     embedder = get_embedder()
     path = Path(model_path())

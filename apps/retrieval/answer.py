@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from apps.compliance.audit import client_ip, record
+from apps.ingestion.embedding import get_embedder
 from ragsite.errors import FieldError
 
 from . import generator
-from .embedder import get_embedder
 from .search import SearchResult, query_fingerprint, search
 
 ANSWER_MAX_TOP_K = 20

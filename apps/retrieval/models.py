@@ -1,21 +1,6 @@
 from django.db import models
 
 
-class EmbeddingCacheEntry(models.Model):
-    """A computed embedding keyed by model and text hash, so unchanged text is never embedded twice."""
-
-    model = models.CharField(max_length=200)
-    text_hash = models.CharField(max_length=64)
-    vector = models.BinaryField()
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["model", "text_hash"], name="embedding_cache_unique")]
-
-    def __str__(self):
-        return f"{self.model}:{self.text_hash[:12]}"
-
-
 class IndexChange(models.Model):
     """Outbox of documents whose chunks or readers changed, in commit order.
 

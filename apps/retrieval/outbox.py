@@ -1,4 +1,5 @@
-"""Compacting the IndexChange outbox, which every sync and every grant change appends to.
+"""The IndexChange outbox: its one writer (:func:`log_index_change`, connected to ingestion's ``documents_changed``
+hook) and its compaction.
 
 A row may go once it is older than INDEX_OUTBOX_RETENTION_DAYS and every external index (each IndexCursor with a
 position) has applied it. The embedded indexes of web and worker processes keep no cursor in the database: one
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -21,6 +22,20 @@ from .models import IndexChange, IndexCursor, OutboxCompaction
 logger = logging.getLogger(__name__)
 
 DELETE_BATCH = 10_000
+OUTBOX_LOCK = 7_340_001  # PostgreSQL advisory lock id
+
+
+def log_index_change(document_ids) -> None:
+    """Append to the index outbox. On PostgreSQL an advisory lock held to commit makes ids follow commit
+    order, so a reader that has seen id N has seen every id below it."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [OUTBOX_LOCK])
+    IndexChange.objects.bulk_create([IndexChange(document_id=d) for d in document_ids])
+
+
+def on_documents_changed(sender, document_ids, **kwargs) -> None:
+    log_index_change(document_ids)
 
 
 def compacted_through() -> int:

@@ -1,9 +1,9 @@
 from collections import Counter
 from dataclasses import dataclass
 
+from apps.ingestion.embedding import get_embedder
 from apps.ingestion.models import Chunk
 
-from .embedder import get_embedder
 from .index import get_index
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from apps.ingestion.chunking import passage_text
+from apps.ingestion.embedding import embed_with_cache, get_embedder, vector_to_bytes
 from apps.ingestion.models import Chunk
 
-from .embedder import embed_with_cache, get_embedder, vector_to_bytes
+from .outbox import log_index_change
 
 logger = logging.getLogger(__name__)
 BATCH_DOCUMENTS = 50
@@ -39,8 +40,6 @@ def stale_chunks():
 
 def reembed(*, batch_documents: int = BATCH_DOCUMENTS, limit_documents: int | None = None, progress=None,
             refresh_index: bool = True) -> ReembedReport:
-    from apps.ingestion.sync import log_index_change
-
     embedder = get_embedder()
     report = ReembedReport(embedder.name, embedder.dimension)
     document_ids = sorted({str(d) for d in stale_chunks().values_list("document_id", flat=True)})

@@ -11,14 +11,15 @@ from django.conf import settings
 
 from apps.accounts.access import access_scope
 from apps.compliance.audit import client_ip, record
-from apps.ingestion.connectors.base import CLASSIFICATIONS
-from apps.ingestion.models import Source, readable_chunk_rows
+from apps.compliance.labels import CLASSIFICATIONS
+from apps.ingestion.embedding import get_embedder
+from apps.ingestion.models import Source
 from ragsite.errors import FieldError
 
-from .embedder import get_embedder
 from .index import IndexFilter, IndexUnavailable, get_index
 from .index.fusion import FUSIONS, MODES, rocchio
 from .moments import parse_moment
+from .readable import readable_chunk_rows
 
 FILTER_KEYS = ("source", "classification", "modified_after", "modified_before")
 # Pages are slices of one ranking of at most this many results: offset + top_k may not exceed it. It equals the

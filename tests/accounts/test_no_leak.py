@@ -4,7 +4,7 @@ document answers exactly as a missing one.
 
 The corpus (two small sources, one document narrowed by a `.ragsite-access.json` sidecar) is synced and embedded once
 per test; hypothesis varies only the permissions, through the same service the API and the admin use. The expected
-readers come from an oracle written here from the documented rule, independently of apps.accounts.grants.
+readers come from an oracle written here from the documented rule, independently of apps.ingestion.grants.
 """
 
 import uuid
@@ -14,7 +14,6 @@ from django.contrib.auth.models import Group
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apps.accounts import grants
 from apps.accounts.models import (
     DocumentGroupObjectPermission,
     DocumentRestriction,
@@ -22,6 +21,7 @@ from apps.accounts.models import (
     SourceGroupObjectPermission,
     SourceUserObjectPermission,
 )
+from apps.ingestion import grants
 from apps.ingestion.models import Chunk, Document
 from tests.conftest import sync_now, token_client, write_corpus
 from tests.factories import UserFactory

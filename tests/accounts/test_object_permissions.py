@@ -10,10 +10,10 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from apps.accounts import grants
 from apps.accounts.access import access_scope
 from apps.accounts.models import ConnectorAcl, DocumentRestriction, SourceUserObjectPermission
 from apps.compliance.models import AuditEvent
+from apps.ingestion import grants
 from apps.ingestion.models import Document, DocumentAccess, Source, document_id_for
 from apps.retrieval.models import IndexChange
 from tests.conftest import admin_form_data, sync_now, token_client
@@ -87,7 +87,7 @@ def test_sync_records_connector_acls_and_keeps_grants(indexed_source, bob, manag
 
 def test_sync_sees_a_grant_changed_while_it_runs(indexed_source, bob, manager):
     """A running sync re-reads the grants when they changed (the version check) instead of writing stale readers."""
-    from apps.accounts.grants import SyncAccess
+    from apps.ingestion.grants import SyncAccess
 
     expenses = _doc(indexed_source, EXPENSES)
     view = SyncAccess(indexed_source.pk)

@@ -24,11 +24,10 @@ from django.utils import timezone
 
 from apps.ingestion import batching, sync
 from apps.ingestion.chunking import chunk_text
-from apps.ingestion.models import Chunk, Document, EmbeddingBatch, SyncRun
+from apps.ingestion.embedding import embed_with_cache, get_embedder
+from apps.ingestion.models import Chunk, Document, EmbeddingBatch, EmbeddingCacheEntry, SyncRun
 from apps.ingestion.parsing import parse
 from apps.ingestion.services import create_source
-from apps.retrieval.embedder import embed_with_cache, get_embedder
-from apps.retrieval.models import EmbeddingCacheEntry
 from tests.conftest import _worker_env, sync_now, write_corpus
 from tests.processes import kill_hard, start_worker, stop_process
 

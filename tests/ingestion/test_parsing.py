@@ -8,8 +8,8 @@ import pytest
 from pypdf import PdfReader, PdfWriter
 
 from apps.ingestion.chunking import chunk_text
+from apps.ingestion.embedding import get_embedder
 from apps.ingestion.parsing import CONTENT_TYPES, ParseError, content_type_for, decode_text, parse
-from apps.retrieval.embedder import get_embedder
 
 # --- fixture builders: every file is made here, nothing binary is committed ---------------------------------
 

@@ -48,7 +48,7 @@ def test_list_queries_do_not_grow_with_rows(roles, url, tmp_path):
 
 def _grant_listing_counts(client, url, target, grantees):
     """Queries for the listing with the first third of the grantees granted, then with all of them."""
-    from apps.accounts import grants
+    from apps.ingestion import grants
 
     third = len(grantees) // 3
     counts = []

@@ -3,9 +3,17 @@
 
 import pytest
 
-from apps.ingestion.models import Chunk, Document, DocumentAccess, SyncRun, chunk_id_for, document_id_for
+from apps.ingestion.models import (
+    Chunk,
+    Document,
+    DocumentAccess,
+    EmbeddingCacheEntry,
+    SyncRun,
+    chunk_id_for,
+    document_id_for,
+)
 from apps.ingestion.services import create_source
-from apps.retrieval.models import EmbeddingCacheEntry, IndexChange
+from apps.retrieval.models import IndexChange
 from tests.conftest import sync_now, write_corpus
 
 pytestmark = pytest.mark.django_db

@@ -36,7 +36,7 @@ def test_readyz_is_503_when_the_cache_is_down(settings):
 
 
 def test_readyz_is_503_when_the_model_is_missing(settings, tmp_path):
-    from apps.retrieval.embedder import _embedder_for
+    from apps.ingestion.embedding import _embedder_for
 
     settings.EMBEDDING_MODEL = str(tmp_path / "no-such-model")
     try:

@@ -135,7 +135,7 @@ def index():
 
 
 def index_search(query, *, scope=EVERYONE, mode="hybrid", top_k=10, source_ids=None, fusion="relative_score"):
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
 
     vector = get_embedder().encode_query(query) if mode != "lexical" else None
     return index().search(vector, scope, top_k, source_ids, query=query, mode=mode, fusion=fusion)
@@ -188,7 +188,7 @@ def weaviate_handbook(weaviate_backend, corpus_dir, roles):
 
 
 def _query_vector(query):
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
 
     return get_embedder().encode_query(query)
 
@@ -197,9 +197,9 @@ def _bulk_corpus(visible_docs=1, hidden_docs=99, chunks_per_doc=5, query="quarte
     """Documents written straight into the database (vectors derived from the real query vector, so the ranking is
     known): hidden documents are 'internal' and match the query better on both sides; visible ones are
     'restricted'. Returns the visible documents' chunk ids."""
+    from apps.ingestion.embedding import get_embedder, vector_to_bytes
     from apps.ingestion.models import Chunk, Document, DocumentAccess, Source, chunk_id_for, document_id_for
-    from apps.ingestion.sync import log_index_change
-    from apps.retrieval.embedder import get_embedder, vector_to_bytes
+    from apps.retrieval.outbox import log_index_change
 
     embedder = get_embedder()
     q = embedder.encode_query(query)

@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from apps.compliance.models import AuditEvent
+from apps.ingestion.embedding import get_embedder
 from apps.ingestion.models import Chunk
 from apps.retrieval.answer import REDUNDANCY_COSINE, _generated_citations, extractive_answer, split_sentences
-from apps.retrieval.embedder import get_embedder
 from apps.retrieval.search import SearchResult
 from tests.conftest import token_client
 

@@ -44,9 +44,9 @@ def approx_ids(filters=None, top_k=10):
 
 def test_approximate_search_follows_the_outbox_and_restarts_from_the_snapshot(settings, roles, monkeypatch):
     from apps.ingestion.models import Chunk, Document
-    from apps.ingestion.sync import log_index_change
     from apps.retrieval.index.approx import ApproximateIndex
     from apps.retrieval.index.embedded import EmbeddedIndex
+    from apps.retrieval.outbox import log_index_change
     from apps.retrieval.search import parse_filters
 
     settings.INDEX_APPROX = EXHAUSTIVE

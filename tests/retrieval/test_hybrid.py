@@ -72,8 +72,8 @@ def test_rocchio_moves_the_query_towards_the_feedback_mean():
 @pytest.mark.django_db
 def test_hybrid_feedback_comes_from_the_users_own_first_ranking(indexed_source, bob, alice, settings):
     from apps.accounts.access import access_scope
+    from apps.ingestion.embedding import get_embedder
     from apps.ingestion.models import Chunk, Document
-    from apps.retrieval.embedder import get_embedder
     from apps.retrieval.index import IndexFilter, get_index
     from apps.retrieval.search import feedback_vector, search
 
@@ -126,8 +126,8 @@ class _StaleIndexStandIn:
 @pytest.mark.django_db
 def test_feedback_ignores_chunks_the_user_may_no_longer_read(indexed_source, bob, alice):
     from apps.accounts.access import access_scope
+    from apps.ingestion.embedding import get_embedder
     from apps.ingestion.models import Chunk
-    from apps.retrieval.embedder import get_embedder
     from apps.retrieval.index import IndexFilter
     from apps.retrieval.search import feedback_vector
 

@@ -142,9 +142,8 @@ def test_an_index_behind_the_compacted_outbox_reloads_from_the_database(handbook
     from django.utils import timezone
 
     from apps.ingestion.models import Document
-    from apps.ingestion.sync import log_index_change
     from apps.retrieval.models import IndexChange, IndexCursor
-    from apps.retrieval.outbox import compact_outbox, compacted_through
+    from apps.retrieval.outbox import compact_outbox, compacted_through, log_index_change
 
     settings.INDEX_REFRESH_SECONDS = 3600  # the index looks only when told to
     assert Counter(index().chunk_ids()) == Counter(db_chunk_ids())
@@ -352,7 +351,7 @@ def test_pages_are_slices_of_one_ranking(backend, roles, bob, mode):
 def test_ties_are_ordered_by_chunk_id(backend, roles, bob):
     """Chunks with the same text and vector score the same; they come back in chunk-id order, on every page."""
     from apps.ingestion.models import Chunk
-    from apps.ingestion.sync import log_index_change
+    from apps.retrieval.outbox import log_index_change
 
     _bulk_corpus(visible_docs=0, hidden_docs=4)
     first = Chunk.objects.order_by("id").first()

@@ -15,7 +15,7 @@ SEARCH = "/api/v1/search/"
 
 @pytest.fixture
 def renamed_model(tmp_path):
-    from apps.retrieval.embedder import model_path
+    from apps.ingestion.embedding import model_path
 
     link = tmp_path / "minilm-renamed"
     link.symlink_to(model_path(), target_is_directory=True)
@@ -24,8 +24,8 @@ def renamed_model(tmp_path):
 
 def test_model_change_is_detected_served_lexical_then_reembedded(
         handbook, backend, bob, settings, renamed_model, capsys):  # noqa: F811 - fixtures
+    from apps.ingestion.embedding import get_embedder
     from apps.ingestion.models import Chunk
-    from apps.retrieval.embedder import get_embedder
 
     total = Chunk.objects.count()
     assert set(Chunk.objects.values_list("embedding_model", flat=True)) == {"all-MiniLM-L6-v2"}
@@ -79,7 +79,7 @@ def test_vector_of_another_dimension_is_stale(handbook, backend, bob):  # noqa: 
     import numpy as np
 
     from apps.ingestion.models import Chunk
-    from apps.ingestion.sync import log_index_change
+    from apps.retrieval.outbox import log_index_change
 
     chunk = Chunk.objects.filter(document__external_id="it/vpn.md").order_by("ordinal").first()
     truncated = np.frombuffer(bytes(chunk.embedding), dtype="<f4")[:64]
@@ -103,7 +103,7 @@ def test_embedded_index_never_scores_a_stale_vector(indexed_source, settings, re
     """Below the search service too: the embedded index gives stale rows no dense score at all (Weaviate holds
     them without a vector)."""
     from apps.accounts.access import AccessScope
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
 
     settings.EMBEDDING_MODEL = str(renamed_model)
     close_index()

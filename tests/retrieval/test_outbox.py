@@ -9,10 +9,9 @@ from django.utils import timezone
 
 from apps.accounts.access import AccessScope
 from apps.ingestion.models import Chunk, Document
-from apps.ingestion.sync import log_index_change
 from apps.retrieval.index.embedded import EmbeddedIndex
 from apps.retrieval.models import IndexChange, IndexCursor, OutboxCompaction
-from apps.retrieval.outbox import compact_outbox, compacted_through, outbox_head
+from apps.retrieval.outbox import compact_outbox, compacted_through, log_index_change, outbox_head
 
 pytestmark = pytest.mark.django_db
 EVERYONE = AccessScope(frozenset(), unrestricted=True)

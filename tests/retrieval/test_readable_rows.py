@@ -16,9 +16,9 @@ from apps.ingestion.models import (
     Source,
     chunk_id_for,
     document_id_for,
-    readable_chunk_rows,
 )
 from apps.retrieval.index import IndexFilter
+from apps.retrieval.readable import readable_chunk_rows
 
 pytestmark = pytest.mark.django_db
 

@@ -65,7 +65,7 @@ def test_recheck_is_one_query_bounded_by_the_returned_chunks(indexed_source, bob
     with CaptureQueriesContext(connection) as queries:
         response = client.post(URL, QUERY, format="json")
     assert response.status_code == 200 and response.json()["results"]
-    # apps.ingestion.models.readable_chunk_rows: the chunk table is aliased c.
+    # apps.retrieval.readable.readable_chunk_rows: the chunk table is aliased c.
     reads = [q["sql"] for q in queries.captured_queries
              if 'c."text"' in q["sql"] and q["sql"].lstrip().upper().startswith("SELECT")]
     assert len(reads) == 1, reads

@@ -171,8 +171,8 @@ def test_vector_of_wrong_length_is_refused_then_retried(weaviate_handbook, corpu
 
     write_corpus(corpus_dir, {"it/vpn.md": "# Connecting to the VPN\n\nOpen the Zephyrgate portal and sign in."})
     sync_now(weaviate_handbook)
-    from apps.ingestion.sync import log_index_change
     from apps.retrieval.models import IndexCursor
+    from apps.retrieval.outbox import log_index_change
 
     chunk = Chunk.objects.get(document__external_id="it/vpn.md")
     good = bytes(chunk.embedding)

@@ -13,9 +13,6 @@ class ConfigError(FieldError, ConnectorError):
     """A connector setting is wrong; ``field`` names it inside the source's config."""
 
 
-# Sensitivity labels, least to most sensitive. Every chunk carries its document's; a search can be filtered on it.
-CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
-
 
 @dataclass
 class RawDocument:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.compliance.labels import CLASSIFICATIONS
+
 from ..parsing import content_type_for
 from .base import (
-    CLASSIFICATIONS,
     ConfigError,
     Connector,
     ConnectorError,

@@ -3,7 +3,7 @@ from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerial
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.ingestion.connectors.base import CLASSIFICATIONS
+from apps.compliance.labels import CLASSIFICATIONS
 
 from ..answer import ANSWER_DEFAULT_SENTENCES, ANSWER_DEFAULT_TOP_K, ANSWER_MAX_SENTENCES, ANSWER_MAX_TOP_K
 from ..search import SEARCH_MAX_WINDOW

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from django.conf import settings
 from django.db import connection
 
-from apps.ingestion.connectors.base import CLASSIFICATIONS
+from apps.compliance.labels import CLASSIFICATIONS
 
 from ..lexical import bm25_scores, term_rows
 from .approx import ApproximateIndex, approx_settings
@@ -135,7 +135,7 @@ class EmbeddedIndex(VectorIndex):
 
     @property
     def model_name(self) -> str:
-        from apps.retrieval.embedder import get_embedder
+        from apps.ingestion.embedding import get_embedder
 
         return get_embedder().name
 
@@ -206,7 +206,7 @@ class EmbeddedIndex(VectorIndex):
         return state
 
     def _dimension(self) -> int:
-        from apps.retrieval.embedder import get_embedder
+        from apps.ingestion.embedding import get_embedder
 
         return get_embedder().dimension
 

@@ -321,7 +321,7 @@ class WeaviateIndex(VectorIndex):
 
     @property
     def model_name(self) -> str:
-        from apps.retrieval.embedder import get_embedder
+        from apps.ingestion.embedding import get_embedder
 
         return get_embedder().name
 
@@ -392,8 +392,7 @@ class WeaviateIndex(VectorIndex):
     def _import_all(self, cursor) -> int:
         """Empty the index and import every chunk; documents Weaviate rejects go back into the outbox."""
         from apps.ingestion.models import Document
-        from apps.ingestion.sync import log_index_change
-        from apps.retrieval.outbox import outbox_head
+        from apps.retrieval.outbox import log_index_change, outbox_head
 
         seq = outbox_head()
         client = self._connected()
@@ -635,7 +634,7 @@ class WeaviateIndex(VectorIndex):
 
 
 def _current_dimension() -> int:
-    from apps.retrieval.embedder import get_embedder
+    from apps.ingestion.embedding import get_embedder
 
     return get_embedder().dimension
 

@@ -25,10 +25,8 @@ from django.db import transaction
 from django.db.models import F
 from django.db.models.signals import m2m_changed, post_delete, pre_delete
 
-from ragsite.errors import FieldError
-
-from .access import AUTHENTICATED, group_principal, user_principal
-from .models import (
+from apps.accounts.access import AUTHENTICATED, group_principal, user_principal
+from apps.accounts.models import (
     AccessVersion,
     ConnectorAcl,
     DocumentGroupObjectPermission,
@@ -37,6 +35,11 @@ from .models import (
     SourceGroupObjectPermission,
     SourceUserObjectPermission,
 )
+from apps.compliance.audit import record
+from ragsite.errors import FieldError
+
+from .hooks import announce_changes
+from .models import Document, DocumentAccess, Source, SyncRun
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +84,6 @@ class SourceAccess:
     """What :func:`effective_principals` needs for a source's documents, read in a fixed number of queries."""
 
     def __init__(self, source_id, document_ids=None):
-        from apps.ingestion.models import Source
-
         self.source_id = source_id
         self.reader_groups = sorted(
             Source.reader_groups.through.objects.filter(source_id=source_id).values_list("group__name", flat=True)
@@ -171,16 +172,27 @@ class SyncAccess:
 # --- keeping DocumentAccess in step --------------------------------------------------------------------------
 
 
+def write_readers(changes: dict) -> None:
+    """The one writer of DocumentAccess rows (the sync and :func:`rewrite_access` both come here): for each document
+    id, (principals stored, principals wanted). Runs in the caller's transaction, which also announces the change;
+    a row another writer added meanwhile is left as it is."""
+    removals, additions = defaultdict(list), []
+    for document_id, (have, wanted) in changes.items():
+        for principal in have - wanted:
+            removals[principal].append(document_id)
+        additions += [DocumentAccess(document_id=document_id, principal=p) for p in sorted(wanted - have)]
+    for principal, documents_losing in removals.items():
+        DocumentAccess.objects.filter(principal=principal, document_id__in=documents_losing).delete()
+    DocumentAccess.objects.bulk_create(additions, batch_size=1000, ignore_conflicts=True)
+
+
 def rewrite_access(source_id, document_ids=None) -> list:
     """Recompute the readers of a source's documents (or of the given ones) and rewrite the rows that differ, with
     an IndexChange for each changed document, in one transaction. Returns the changed document ids."""
-    from apps.ingestion.models import Document, DocumentAccess
-    from apps.ingestion.sync import log_index_change
-
     with transaction.atomic():
         # The outbox's lock (PostgreSQL advisory lock, held to commit) also serialises this rewrite with the sync's
         # writes of the same rows; readers are read only once it is held.
-        log_index_change([])
+        announce_changes([])
         _bump_version()
         documents = Document.objects.filter(source_id=source_id)
         if document_ids is not None:
@@ -194,21 +206,16 @@ def rewrite_access(source_id, document_ids=None) -> list:
             "document_id", "principal"
         ):
             current[document_id].add(principal)
-        removals, additions, changed = defaultdict(list), [], []
+        changes = {}
         for document_id in ids:
             wanted = set(access.principals(document_id))
             have = current.get(document_id, set())
-            if wanted == have:
-                continue
-            changed.append(document_id)
-            for principal in have - wanted:
-                removals[principal].append(document_id)
-            additions += [DocumentAccess(document_id=document_id, principal=p) for p in sorted(wanted - have)]
-        for principal, documents_losing in removals.items():
-            DocumentAccess.objects.filter(principal=principal, document_id__in=documents_losing).delete()
-        DocumentAccess.objects.bulk_create(additions, batch_size=1000, ignore_conflicts=True)
+            if wanted != have:
+                changes[document_id] = (have, wanted)
+        write_readers(changes)
+        changed = list(changes)
         if changed:
-            log_index_change(changed)
+            announce_changes(changed)
         transaction.on_commit(lambda: _follow_up_running_sync(source_id))
     return changed
 
@@ -216,8 +223,7 @@ def rewrite_access(source_id, document_ids=None) -> list:
 def _follow_up_running_sync(source_id):
     """A sync running now may have read the grants before this change and write its documents after it: have it
     followed by another run, which writes them again from the grants as they are now."""
-    from apps.ingestion.models import Source, SyncRun
-    from apps.ingestion.sync import request_sync
+    from .sync import request_sync  # the sync reads grants (SyncAccess): imported when needed
 
     if SyncRun.objects.filter(source_id=source_id, status=SyncRun.RUNNING).exists():
         source = Source.objects.filter(pk=source_id).first()
@@ -244,16 +250,9 @@ def _reader_groups_before_clear(sender, instance, action, reverse, **kwargs):
             rewrite_access(source_id)
 
 
-m2m_changed.connect(_reader_groups_changed, sender="ingestion.Source_reader_groups",
-                    dispatch_uid="accounts.reader_groups_changed")
-m2m_changed.connect(_reader_groups_before_clear, sender="ingestion.Source_reader_groups",
-                    dispatch_uid="accounts.reader_groups_before_clear")
-
 
 def _group_about_to_go(sender, instance, **kwargs):
     # Its reader-group rows and grants are deleted by cascade, which sends no m2m signal: note what it reached.
-    from apps.ingestion.models import Document
-
     documents = DocumentGroupObjectPermission.objects.filter(group=instance).values_list("content_object_id")
     instance._reached_sources = {
         *instance.readable_sources.values_list("pk", flat=True),
@@ -267,8 +266,15 @@ def _group_gone(sender, instance, **kwargs):
         rewrite_access(source_id)
 
 
-pre_delete.connect(_group_about_to_go, sender=Group, dispatch_uid="accounts.group_about_to_go")
-post_delete.connect(_group_gone, sender=Group, dispatch_uid="accounts.group_gone")
+def connect_signals() -> None:
+    """Called from IngestionConfig.ready(): a change of a source's reader groups, or a group deleted, rewrites the
+    readers of the documents it reached."""
+    m2m_changed.connect(_reader_groups_changed, sender=Source.reader_groups.through,
+                        dispatch_uid="ingestion.reader_groups_changed")
+    m2m_changed.connect(_reader_groups_before_clear, sender=Source.reader_groups.through,
+                        dispatch_uid="ingestion.reader_groups_before_clear")
+    pre_delete.connect(_group_about_to_go, sender=Group, dispatch_uid="ingestion.group_about_to_go")
+    post_delete.connect(_group_gone, sender=Group, dispatch_uid="ingestion.group_gone")
 
 
 # --- grants -------------------------------------------------------------------------------------------------
@@ -298,8 +304,6 @@ def resolve_group(value):
 
 def _target(obj):
     """(kind, user table, group table, permission, source id, document ids) for a Source or a Document."""
-    from apps.ingestion.models import Document, Source
-
     if isinstance(obj, Source):
         return ("source", SourceUserObjectPermission, SourceGroupObjectPermission,
                 Permission.objects.get(content_type__app_label="ingestion", codename=VIEW_SOURCE), obj.pk, None)
@@ -372,8 +376,6 @@ def unrestrict(document, *, actor=None) -> None:
 
 
 def _audit(action, actor, kind, object_id, data):
-    from apps.compliance.audit import record
-
     record(action, actor=actor, object_type=kind, object_id=object_id, data=data)
 
 
@@ -398,8 +400,6 @@ def explain_readers(document) -> dict:
 
     Returns {"readers": [(user, [route, ...])], "truncated": bool, "pending": [principal, ...]} where ``pending``
     lists principals the grants call for but the stored rows do not hold yet, or the reverse (a sync in flight)."""
-    from apps.ingestion.models import DocumentAccess
-
     User = get_user_model()
     source_name = document.source.name
     access = SourceAccess(document.source_id, [document.pk])

@@ -1,4 +1,4 @@
-"""Grants on sources and documents: list, grant, revoke (capability manage_sources); all through accounts.grants."""
+"""Grants on sources and documents: list, grant, revoke (capability manage_sources); all through ingestion.grants."""
 
 import uuid
 
@@ -9,11 +9,12 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.ingestion.models import Document, Source
+from apps.accounts.authentication import token_of
+from apps.accounts.models import DocumentRestriction
+from apps.accounts.roles import has_capability
 
 from .. import grants
-from ..authentication import token_of
-from ..roles import has_capability
+from ..models import Document, DocumentAccess, Source
 
 
 class ManageSources(BasePermission):
@@ -154,9 +155,6 @@ class DocumentGrantsView(_GrantsView):
         return _document(pk)
 
     def listing(self, target):
-        from apps.ingestion.models import DocumentAccess
-
-        from ..models import DocumentRestriction
 
         restriction = DocumentRestriction.objects.select_related("created_by").filter(document=target).first()
         return {
@@ -180,7 +178,6 @@ class DocumentRestrictionView(APIView):
     @extend_schema(request=RestrictRequestSerializer, responses={200: RestrictionSerializer,
                                                                  201: RestrictionSerializer})
     def post(self, request, pk):
-        from ..models import DocumentRestriction
 
         document = _document(pk)
         data = request.data if isinstance(request.data, dict) else {}

@@ -1,4 +1,7 @@
-"""The sentence-transformers model, loaded once per process, and the embedding cache in front of it."""
+"""The sentence-transformers model, loaded once per process, and the embedding cache in front of it.
+
+Ingestion embeds chunks as it writes them and retrieval embeds queries with the same model, so it lives in the
+lower of the two layers (ingestion) and retrieval imports it from here."""
 
 import hashlib
 import logging
@@ -8,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+
+from .models import EmbeddingCacheEntry
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +130,6 @@ def vector_from_bytes(data) -> np.ndarray:
 
 def embed_with_cache(texts: list[str]) -> tuple[np.ndarray, int]:
     """Vectors for texts, reusing cached ones by (model, text hash). Returns (vectors, cache hits)."""
-    from .models import EmbeddingCacheEntry
-
     embedder = get_embedder()
     hashes = [text_hash(t) for t in texts]
     cached = {
