@@ -73,7 +73,8 @@ def admin_login(client, username, password):
 
 
 def failed_logins(username):
-    return AuditEvent.objects.filter(action="auth.login_failed", actor_name=username).count()
+    # The typed name is a claim (data.claimed_actor), never the actor (issue 12 item 7).
+    return AuditEvent.objects.filter(action="auth.login_failed", actor_name="", data__claimed_actor=username).count()
 
 
 # --- sign-in ----------------------------------------------------------------------------------------------------
