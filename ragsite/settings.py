@@ -138,6 +138,52 @@ AXES_LOCKOUT_CALLABLE = "apps.accounts.views.locked_out"
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]  # behind a proxy, set SECURE_PROXY_SSL_HEADER's peer here
 AXES_VERBOSE = False
 
+# >>> AUDIT (apps/compliance/audit.py, checkpoints.py; README "Audit log")
+def _local_secret(name, filename, make):
+    """NAME / NAME_FILE; locally, a secret made once into DATA_DIR/filename; in production, no default. The file
+    is linked into place whole, so processes starting together (the Procfile's) agree on one key."""
+    import os
+
+    value = _secret(name)
+    if value:
+        return value
+    if PRODUCTION:
+        raise ImproperlyConfigured(f"{name} (or {name}_FILE) must be set when RAGSITE_PROFILE=production")
+    path = DATA_DIR / filename
+    if not path.exists():
+        staged = path.with_name(f".{filename}.{os.getpid()}")
+        staged.write_text(make())
+        staged.chmod(0o600)
+        try:
+            os.link(staged, path)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        finally:
+            staged.unlink()
+    return path.read_text().strip()
+
+
+def _new_ed25519_pem():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+
+# The audit chain's HMAC key: outside the database, so a database writer cannot recompute the chain.
+AUDIT_HMAC_KEY = _local_secret("AUDIT_HMAC_KEY", "audit_hmac_key", lambda: __import__("secrets").token_hex(32))
+# Ed25519 private key (PEM) that signs the checkpoints (tree heads) written outside the database.
+AUDIT_SIGNING_KEY = _local_secret("AUDIT_SIGNING_KEY", "audit_signing_key.pem", _new_ed25519_pem)
+AUDIT_CHECKPOINT_DIR = Path(env.str("AUDIT_CHECKPOINT_DIR", default=str(DATA_DIR / "audit-checkpoints")))
+AUDIT_CHECKPOINT_URL = env.str("AUDIT_CHECKPOINT_URL", default="")  # optional HTTP sink, POSTed each checkpoint
+AUDIT_CHECKPOINT_TIMEOUT = env.float("AUDIT_CHECKPOINT_TIMEOUT", default=5.0)
+AUDIT_CHECKPOINT_SECONDS = env.float("AUDIT_CHECKPOINT_SECONDS", default=3600.0)  # beat: maintenance.audit_checkpoint
+AUDIT_MAX_DATA_BYTES = env.int("AUDIT_MAX_DATA_BYTES", default=8192)  # larger values stored as digest and size
+# Failed token authentications per client address (REMOTE_ADDR): past it 429 and aggregated audit rows.
+AUTH_FAILURE_THROTTLE_RATE = env.str("AUTH_FAILURE_THROTTLE_RATE", default="20/min")
+# <<< AUDIT
+
 # IdP group name -> local group (a role or an access group); see apps/accounts/sso/groups.py.
 SSO_GROUP_MAP = env.json("SSO_GROUP_MAP", default={})
 LOGIN_REDIRECT_URL = env.str("LOGIN_REDIRECT_URL", default="/admin/")
@@ -346,6 +392,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "reap stale syncs": {"task": "maintenance.reap_stale_syncs", "schedule": 60.0},
     "compact the index outbox": {"task": "maintenance.compact_index_outbox", "schedule": 6 * 3600.0},
+    "write an audit checkpoint": {"task": "maintenance.audit_checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = True

@@ -15,6 +15,8 @@ export CELERY_BROKER_URL="${TEST_BROKER_URL:-redis://127.0.0.1:6379/14}"
 export CACHE_URL="${TEST_CACHE_URL:-redis://127.0.0.1:6379/9}"
 export DATA_DIR="${DATA_DIR:-$(mktemp -d -t ragsite-test.XXXXXX)}"
 export SECRET_KEY="test-only-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# One audit HMAC key for the test process and the worker it starts (each has its own DATA_DIR).
+export AUDIT_HMAC_KEY="${AUDIT_HMAC_KEY:-test-only-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 
 echo "== ruff"
 .venv/bin/ruff check .

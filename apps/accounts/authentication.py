@@ -27,16 +27,41 @@ class ApiTokenAuthentication(BaseAuthentication):
         except ApiToken.DoesNotExist:
             token = None
         if token is None or not token.is_usable() or not token.user.is_active:
-            from apps.compliance.audit import client_ip, record
-
-            record("auth.token_refused", actor=key[:10], ip=client_ip(request), data={"key_prefix": key[:10]})
-            raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
+            _refuse(request, key)
         _touch(token)
         load_identity(token.user)
         return token.user, token
 
     def authenticate_header(self, request):
         return "Token"
+
+
+def _refuse(request, key: str):
+    """A refused token, counted per client address (AUTH_FAILURE_THROTTLE_RATE). Under the limit each refusal is
+    one audit row; past it the caller gets 429 with Retry-After, and only the 1st, 2nd, 4th, 8th... refusal of the
+    window writes an `auth.failures_throttled` row with the count so far: a flood of bogus tokens adds rows
+    logarithmically, and no process has to flush counts. What the caller sent is a claim, kept as `key_prefix`
+    in data, never as the actor."""
+    import math
+
+    from django.conf import settings
+
+    from apps.compliance.audit import client_ip, record
+
+    from .throttling import ScopedThrottle, count_auth_failure
+
+    ip = client_ip(request)
+    limit, period = ScopedThrottle().parse_rate(settings.AUTH_FAILURE_THROTTLE_RATE)
+    failures, wait = count_auth_failure(ip or "unknown", period)
+    if failures <= limit:
+        record("auth.token_refused", ip=ip, data={"key_prefix": key[:10]})
+        raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
+    throttled = failures - limit
+    if throttled & (throttled - 1) == 0:  # a power of two
+        record("auth.failures_throttled", ip=ip,
+               data={"throttled": throttled, "limit": limit, "window_seconds": period, "key_prefix": key[:10]})
+    raise exceptions.Throttled(wait=math.ceil(wait), detail="Too many failed authentications from this address; "
+                                                            f"try again in {math.ceil(wait)} seconds.")
 
 
 def _touch(token) -> None:

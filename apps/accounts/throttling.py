@@ -59,6 +59,38 @@ def _run(client, keys, args) -> int:
     return int(_script(keys=keys, args=args, client=client))
 
 
+# Failed authentications per client address: a fixed window that starts with the address's first failure.
+# KEYS[1]: the address's counter. ARGV[1]: the window in ms. Returns {failures in the window, ms left in it}.
+_FAILURE_WINDOW = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return {n, redis.call('PTTL', KEYS[1])}
+"""
+
+_failure_script = None
+
+
+def count_auth_failure(address: str, period_s: int) -> tuple[int, float]:
+    """Count one failed authentication from ``address``: (failures in its current window, seconds the window has
+    left). One atomic round trip; a Redis that is down fails closed (503) like the other limits."""
+    global _failure_script
+    backend = cache._cache
+    client = getattr(backend, "throttle_client", None)
+    if client is None:
+        client = backend.throttle_client = backend.get_client(write=True)
+    if _failure_script is None:
+        _failure_script = client.register_script(_FAILURE_WINDOW)
+    key = cache.make_and_validate_key(f"throttle_auth_failures_{address}")
+    try:
+        count, left_ms = _failure_script(keys=[key], args=[period_s * 1000], client=client)
+    except RedisError as exc:
+        raise RateLimiterUnavailable(f"rate limiter unavailable: its Redis (CACHE_URL) did not answer "
+                                     f"({type(exc).__name__}); try again shortly") from exc
+    return int(count), max(int(left_ms), 1) / 1000
+
+
 class ScopedThrottle(SimpleRateThrottle):
     """The view's ``throttle_scope`` rate counted per user (per client address when anonymous), and the rate of
     ``<throttle_scope>_token`` counted per API token when the request carries one. Views without a

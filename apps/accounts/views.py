@@ -13,7 +13,7 @@ def locked_out(request, original_response=None, credentials=None):
 
     retry_after = int(settings.AXES_COOLOFF_TIME * 3600)
     username = str(get_client_username(request, credentials) or "")[:150]
-    record("auth.locked_out", actor=username, ip=client_ip(request), data={"username": username})
+    record("auth.locked_out", claimed_actor=username, ip=client_ip(request), data={"username": username})
     message = "Too many failed sign-in attempts; try again later."
     if request.path.startswith("/api/"):
         response = JsonResponse({"detail": message}, status=429)

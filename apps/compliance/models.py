@@ -38,6 +38,10 @@ class AuditEvent(models.Model):
     data = models.JSONField(default=dict, blank=True, editable=False)
     prev_hash = models.CharField(max_length=64, editable=False)
     hash = models.CharField(max_length=64, unique=True, editable=False)
+    # How ``hash`` was made: "hmac-sha256" (keyed with AUDIT_HMAC_KEY, the key never in the database) or
+    # "sha256" for rows written before the keyed chain (the migration marks those); unkeyed rows may only precede
+    # keyed ones, so verification names a row downgraded to the old scheme.
+    scheme = models.CharField(max_length=16, default="hmac-sha256", db_default="hmac-sha256", editable=False)
 
     objects = AuditEventQuerySet.as_manager()
 

@@ -20,7 +20,8 @@ def _logged_out(sender, request, user, **kwargs):
 @receiver(user_login_failed)
 def _login_failed(sender, credentials, request=None, **kwargs):
     # credentials are already scrubbed of the password by Django; keep only the username.
-    record("auth.login_failed", actor=str(credentials.get("username", ""))[:150], ip=client_ip(request),
+    # The typed username is what the caller claimed, not who acted.
+    record("auth.login_failed", claimed_actor=str(credentials.get("username", "")), ip=client_ip(request),
            data={"username": str(credentials.get("username", ""))[:150]})
 
 

@@ -73,7 +73,8 @@ def admin_login(client, username, password):
 
 
 def failed_logins(username):
-    return AuditEvent.objects.filter(action="auth.login_failed", actor_name=username).count()
+    # The typed name is a claim (data.claimed_actor), never the actor (issue 12 item 7).
+    return AuditEvent.objects.filter(action="auth.login_failed", actor_name="", data__claimed_actor=username).count()
 
 
 # --- sign-in ----------------------------------------------------------------------------------------------------
@@ -183,7 +184,9 @@ def test_directory_accounts_are_locked_out_after_the_failure_limit(client, ldap_
     assert again.status_code == 429
     assert "_auth_user_id" not in client.session
     assert not get_user_model().objects.filter(username="alice").exists()
-    assert AuditEvent.objects.filter(action="auth.locked_out", actor_name="alice", data__username="alice").exists()
+    # The locked-out name is a claim, not a proven actor (issue 12 item 7).
+    assert AuditEvent.objects.filter(action="auth.locked_out", actor_name="", data__claimed_actor="alice",
+                                     data__username="alice").exists()
     # Another account from the same address is not affected.
     assert admin_login(client, "bob", BOB_PASSWORD).status_code == 200  # bob signs in but is not staff
     assert authenticate(request=RequestFactory().post("/"), username="bob", password=BOB_PASSWORD) is not None

@@ -120,5 +120,7 @@ def test_sign_in_and_failed_sign_in_are_audited(client, django_user_model):
     assert not client.login(username="dora", password="wrong")
     actions = list(AuditEvent.objects.order_by("seq").values_list("action", "actor_name"))
     assert ("auth.login", "dora") in actions
-    assert ("auth.login_failed", "dora") in actions
+    # A failed sign-in proves nobody: the typed name is kept as a claim, the actor left empty (issue 12 item 7).
+    assert ("auth.login_failed", "") in actions
+    assert AuditEvent.objects.get(action="auth.login_failed").data["claimed_actor"] == "dora"
     assert verify_chain().ok
