@@ -1,10 +1,9 @@
 from collections import Counter
 from dataclasses import dataclass
 
-from apps.ingestion.embedding import get_embedder
 from apps.ingestion.models import Chunk
 
-from .index import get_index
+from .index import get_index, projection
 
 
 @dataclass
@@ -28,14 +27,13 @@ def reconcile(repair=False) -> ReconcileReport:
     in_index = Counter(index.chunk_ids())
     # Every chunk is indexed, those of another embedding model lexically only (see reembed.py).
     in_db = {str(i) for i in Chunk.objects.values_list("id", flat=True)}
-    embedder = get_embedder()
     report = ReconcileReport(
         database=len(in_db),
         index=sum(in_index.values()),
         missing=len(in_db - set(in_index)),
         orphaned=len(set(in_index) - in_db),
         duplicates=sum(n - 1 for n in in_index.values() if n > 1),
-        stale=Chunk.objects.exclude(embedding_model=embedder.name, embedding_dim=embedder.dimension).count(),
+        stale=projection.stale_chunks().count(),
     )
     if repair and report.drift:
         index.rebuild()

@@ -16,6 +16,7 @@ from apps.ingestion.chunking import passage_text
 from apps.ingestion.embedding import embed_with_cache, get_embedder, vector_to_bytes
 from apps.ingestion.models import Chunk
 
+from .index.projection import stale_chunks
 from .outbox import log_index_change
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,6 @@ class ReembedReport:
     cache_hits: int = 0
     skipped: int = 0  # changed by a sync while being re-embedded (the sync's own vector stands)
     remaining: int = 0
-
-
-def stale_chunks():
-    embedder = get_embedder()
-    return Chunk.objects.exclude(embedding_model=embedder.name, embedding_dim=embedder.dimension)
 
 
 def reembed(*, batch_documents: int = BATCH_DOCUMENTS, limit_documents: int | None = None, progress=None,

@@ -31,6 +31,7 @@ from django.db import connection
 from apps.compliance.labels import CLASSIFICATIONS
 
 from ..lexical import bm25_scores, term_rows
+from . import projection
 from .approx import ApproximateIndex, approx_settings
 from .base import IndexFilter, SearchHit, VectorIndex
 from .fusion import fuse
@@ -109,6 +110,20 @@ class _State:
     @cached_property
     def stale(self) -> int:
         return int(len(self.current) - np.count_nonzero(self.current))
+
+
+def _without(state: _State, document_ids):
+    """(rows to keep, document metadata, document codes) of ``state`` without the given documents (None: all)."""
+    if document_ids is None:
+        return np.zeros(len(state.chunk_ids), dtype=bool), {}, {}
+    keep = np.ones(len(state.chunk_ids), dtype=bool)
+    docs_map, code_of = dict(state.docs), dict(state.doc_code_of)
+    old_codes = [code_of.pop(str(d)) for d in document_ids if str(d) in code_of]
+    for code in old_codes:
+        docs_map.pop(code, None)
+    if old_codes:
+        keep &= ~np.isin(state.doc_codes, old_codes)
+    return keep, docs_map, code_of
 
 
 @dataclass(frozen=True)
@@ -213,59 +228,24 @@ class EmbeddedIndex(VectorIndex):
     def _with_documents(self, state: _State, document_ids) -> _State:
         """A new state with the given documents (None: all) reloaded from the database; the approximate index
         is brought along (rows gone removed by id, new rows added)."""
-        from apps.ingestion.chunking import passage_text
-        from apps.ingestion.models import Chunk, Document, DocumentAccess
-
-        docs = Document.objects.all()
-        if document_ids is not None:
-            docs = docs.filter(pk__in=document_ids)
-        doc_rows = list(docs.values_list("id", "source_id", "title", "classification", "modified_at"))
-        titles = {str(d): t for d, _, t, _, _ in doc_rows}
-        principals: dict = {}
-        access = DocumentAccess.objects.filter(document_id__in=[d for d, *_ in doc_rows])
-        for doc_id, principal in access.values_list("document_id", "principal").iterator(chunk_size=5000):
-            principals.setdefault(str(doc_id), set()).add(principal)
-
-        keep = np.ones(len(state.chunk_ids), dtype=bool)
-        docs_map, code_of = dict(state.docs), dict(state.doc_code_of)
-        if document_ids is None:
-            keep[:] = False
-            docs_map, code_of = {}, {}
-        else:
-            old_codes = [code_of.pop(str(d)) for d in document_ids if str(d) in code_of]
-            for code in old_codes:
-                docs_map.pop(code, None)
-            if old_codes:
-                keep &= ~np.isin(state.doc_codes, old_codes)
-
+        docs = projection.documents(document_ids)
+        keep, docs_map, code_of = _without(state, document_ids)
         next_code = state.next_code
-        for doc_id, source_id, _, classification, modified_at in doc_rows:
-            key = str(doc_id)
+        for key, doc in docs.items():
             code_of[key] = next_code
-            docs_map[next_code] = DocMeta(key, source_id, frozenset(principals.get(key, ())), classification,
-                                          modified_at.timestamp() if modified_at else float("nan"))
+            docs_map[next_code] = DocMeta(key, doc.source_id, frozenset(doc.principals), doc.classification,
+                                          doc.modified_at.timestamp() if doc.modified_at else float("nan"))
             next_code += 1
-
-        model, dim = self.model_name, state.vectors.shape[1]
-        chunks = Chunk.objects.all()
-        if document_ids is not None:
-            chunks = chunks.filter(document_id__in=document_ids)
-        ids, codes, vectors, texts, current = [], [], [], [], []
-        rows = chunks.values_list("id", "document_id", "embedding", "heading", "text", "embedding_model",
-                                  "embedding_dim")
+        dim = state.vectors.shape[1]
         zero = np.zeros(dim, dtype=np.float32)
-        for chunk_id, doc_id, blob, heading, text, chunk_model, chunk_dim in rows.iterator(chunk_size=2000):
-            key = str(doc_id)
-            code = code_of.get(key)
-            if code is None:
-                continue  # document appeared after we listed documents; the next refresh picks it up
-            vector = np.frombuffer(bytes(blob), dtype="<f4")
-            ok = chunk_model == model and chunk_dim == dim and len(vector) == dim
-            ids.append(str(chunk_id))
-            codes.append(code)
-            vectors.append(vector if ok else zero)  # another model's vector is never scored: lexical only
+        ids, codes, vectors, texts, current = [], [], [], [], []
+        for chunk in projection.chunks(docs, every=document_ids is None, model=(self.model_name, dim)):
+            ids.append(chunk.id)
+            codes.append(code_of[chunk.document.id])
+            ok = chunk.vector is not None and len(chunk.vector) == dim
+            vectors.append(chunk.vector if ok else zero)  # another model's vector is never scored: lexical only
             current.append(ok)
-            texts.append(passage_text(titles[key], heading, text))
+            texts.append(chunk.text)
         new_vectors = np.vstack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), dtype=np.float32)
         new_tf, new_lengths = term_rows(texts, self._vocab)
         kept_tf = state.tf[keep]

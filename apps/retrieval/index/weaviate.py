@@ -59,6 +59,7 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
+from . import projection
 from .base import IndexFilter, IndexUnavailable, SearchHit, VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -492,39 +493,26 @@ class WeaviateIndex(VectorIndex):
 
     def _objects(self, document_ids: list[str]) -> dict[str, list]:
         """The database's chunks of these documents as Weaviate objects (vectors as stored, never re-embedded)."""
-        from apps.ingestion.chunking import passage_text
-        from apps.ingestion.models import Chunk, Document, DocumentAccess
-
-        docs = {str(d): (s, t, c, m, k) for d, s, t, c, m, k in Document.objects.filter(pk__in=document_ids)
-                .values_list("id", "source_id", "title", "content_type", "modified_at", "classification")}
-        principals: dict[str, list] = {}
-        for doc_id, principal in (DocumentAccess.objects.filter(document_id__in=list(docs))
-                                  .order_by("principal").values_list("document_id", "principal")):
-            principals.setdefault(str(doc_id), []).append(principal)
+        docs = projection.documents(document_ids)
         objects: dict[str, list] = {}
-        model, dim = self.model_name, _current_dimension()
         # Every chunk, also those whose vector is of another embedding model: those go in without a vector (found
         # by BM25 only; search.py refuses dense scoring while any exist) until `manage.py reembed` replaces them.
-        chunks = (Chunk.objects.filter(document_id__in=list(docs)).order_by("document_id", "ordinal")
-                  .values_list("id", "document_id", "embedding", "heading", "text", "embedding_model", "embedding_dim"))
-        for chunk_id, doc_id, blob, heading, text, chunk_model, chunk_dim in chunks.iterator(chunk_size=2000):
-            key = str(doc_id)
-            source_id, title, content_type, modified_at, classification = docs[key]
+        for chunk in projection.chunks(docs, model=(self.model_name, _current_dimension()), ordered=True):
+            doc = chunk.document
             properties = {
-                "chunk_id": str(chunk_id),
-                "document_id": key,
-                "source_id": source_id,
-                "classification": classification,
-                "principals": principals.get(key, []),
-                "text": passage_text(title, heading, text),
-                "heading": heading,
-                "content_type": content_type,
+                "chunk_id": chunk.id,
+                "document_id": doc.id,
+                "source_id": doc.source_id,
+                "classification": doc.classification,
+                "principals": list(doc.principals),
+                "text": chunk.text,
+                "heading": chunk.heading,
+                "content_type": doc.content_type,
             }
-            if modified_at is not None:
-                properties["modified_at"] = modified_at
-            current = chunk_model == model and chunk_dim == dim
-            vector = {VECTOR_NAME: np.frombuffer(bytes(blob), dtype="<f4").tolist()} if current else None
-            objects.setdefault(key, []).append(DataObject(uuid=chunk_id, properties=properties, vector=vector))
+            if doc.modified_at is not None:
+                properties["modified_at"] = doc.modified_at
+            vector = None if chunk.vector is None else {VECTOR_NAME: chunk.vector.tolist()}
+            objects.setdefault(doc.id, []).append(DataObject(uuid=chunk.id, properties=properties, vector=vector))
         return objects
 
     # --- searching -----------------------------------------------------------------------------------------
@@ -589,12 +577,10 @@ class WeaviateIndex(VectorIndex):
 
     def stale_chunks(self) -> int:
         """Counted in the database (the source of truth), reused for STALE_CHECK_SECONDS."""
-        from apps.ingestion.models import Chunk
-
         now = time.monotonic()
         cached = getattr(self, "_stale", None)
         if cached is None or now - cached[0] > STALE_CHECK_SECONDS:
-            count = Chunk.objects.exclude(embedding_model=self.model_name, embedding_dim=_current_dimension()).count()
+            count = projection.stale_chunks().count()
             self._stale = cached = (now, count)
         return cached[1]
 

@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.retrieval.index import IndexUnavailable
-from apps.retrieval.reembed import BATCH_DOCUMENTS, reembed, stale_chunks
+from apps.retrieval.index.projection import stale_chunks
+from apps.retrieval.reembed import BATCH_DOCUMENTS, reembed
 
 
 class Command(BaseCommand):
