@@ -18,22 +18,14 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from django.db import close_old_connections, connection
-
 from apps.compliance.audit import record
+from ragsite.db import fresh_connections
 from ragsite.errors import FieldError
 
 from .changes import apply_events, parse_event
 from .models import Source
 
 logger = logging.getLogger(__name__)
-
-
-def _fresh_connections():
-    """A long-lived process drops database connections that broke or outlived CONN_MAX_AGE, as a request would
-    (not inside a transaction: there is nothing to renew, and a test's transaction must stay open)."""
-    if not connection.in_atomic_block:
-        close_old_connections()
 
 
 def default_consumer_name() -> str:
@@ -80,7 +72,7 @@ class ChangeStreamConsumer:
         done = 0
         while not stop() and (iterations is None or done < iterations):
             done += 1
-            _fresh_connections()
+            fresh_connections()
             self.reclaim()
             fresh = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.count,
                                            block=self.block_ms)
@@ -151,7 +143,7 @@ class ChangeStreamConsumer:
                                             "group": self.group})
         self.client.xack(self.stream, self.group, mid)
         self.stats.dead_lettered += 1
-        _fresh_connections()
+        fresh_connections()
         record("changes.refused", actor=f"stream:{self.stream}", object_type="stream", object_id=self.stream,
                data={"message_id": mid, "reason": reason, "dead_letter": self.dead_stream})
         logger.warning("stream %s: message %s dead-lettered: %s", self.stream, mid, reason)

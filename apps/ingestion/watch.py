@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from django.db import close_old_connections, connection
+from ragsite.db import fresh_connections
 
 from .connectors import get_connector
 from .connectors.filesystem import ACCESS_SIDECAR, FileSystemConnector
@@ -22,12 +22,6 @@ from .sync import request_sync
 
 logger = logging.getLogger(__name__)
 
-
-def _fresh_connections():
-    """A long-lived process drops database connections that broke or outlived CONN_MAX_AGE, as a request would
-    (not inside a transaction: there is nothing to renew, and a test's transaction must stay open)."""
-    if not connection.in_atomic_block:
-        close_old_connections()
 
 CHANGE_EVENTS = {"created", "deleted", "modified", "moved", "closed", "attrib"}  # "closed": after writing
 
@@ -128,7 +122,7 @@ def watch(source: Source, *, quiet=2.0, max_wait=10.0, poll_seconds=None, initia
             if not observer.is_alive():
                 raise RuntimeError(f"the watch on {connector.root} stopped; is the directory still there?")
             if debouncer.due():
-                _fresh_connections()
+                fresh_connections()
                 on_sync(*request_sync(source, trigger="watch", follow_up=True))
     finally:
         observer.stop()
