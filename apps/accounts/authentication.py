@@ -1,10 +1,16 @@
+import math
+
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
 
+from apps.compliance.audit import client_ip, record
+
 from .access import load_identity
 from .models import ApiToken, hash_token
+from .throttling import ScopedThrottle, count_auth_failure
 
 
 class ApiTokenAuthentication(BaseAuthentication):
@@ -42,14 +48,6 @@ def _refuse(request, key: str):
     window writes an `auth.failures_throttled` row with the count so far: a flood of bogus tokens adds rows
     logarithmically, and no process has to flush counts. What the caller sent is a claim, kept as `key_prefix`
     in data, never as the actor."""
-    import math
-
-    from django.conf import settings
-
-    from apps.compliance.audit import client_ip, record
-
-    from .throttling import ScopedThrottle, count_auth_failure
-
     ip = client_ip(request)
     limit, period = ScopedThrottle().parse_rate(settings.AUTH_FAILURE_THROTTLE_RATE)
     failures, wait = count_auth_failure(ip or "unknown", period)

@@ -16,6 +16,7 @@ from apps.ingestion.chunking import passage_text
 from apps.ingestion.embedding import embed_with_cache, get_embedder, vector_to_bytes
 from apps.ingestion.models import Chunk
 
+from .index import get_index
 from .index.projection import stale_chunks
 from .outbox import log_index_change
 
@@ -59,8 +60,6 @@ def reembed(*, batch_documents: int = BATCH_DOCUMENTS, limit_documents: int | No
         if progress:
             progress(report, len(document_ids))
     if refresh_index and report.documents:
-        from .index import get_index
-
         index = get_index()
         index.refresh()
         index.persist()

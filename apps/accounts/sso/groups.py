@@ -13,6 +13,9 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import transaction
 
+from apps.accounts.models import SsoGroupGrant
+from apps.compliance.audit import record
+
 
 def local_groups_for(idp_groups) -> set[str]:
     mapping = settings.SSO_GROUP_MAP
@@ -28,9 +31,6 @@ def local_groups_for(idp_groups) -> set[str]:
 @transaction.atomic
 def apply_idp_groups(user, idp_groups, provider: str) -> tuple[set[str], set[str]]:
     """Make the user's groups from ``provider`` exactly those it asserts now; returns (added, removed) names."""
-    from apps.accounts.models import SsoGroupGrant
-    from apps.compliance.audit import record
-
     wanted = local_groups_for(idp_groups)
     granted = set(
         SsoGroupGrant.objects.filter(user=user, provider=provider).values_list("group__name", flat=True)

@@ -31,6 +31,8 @@ from social_core.backends.saml import SAMLAuth
 from social_core.exceptions import SocialAuthBaseException
 from xmlsec import Error as XMLSecError
 
+from apps.compliance.audit import client_ip, record
+
 logger = logging.getLogger(__name__)
 
 NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
@@ -59,8 +61,6 @@ class SamlRefused(Exception):
 
 def refuse(request, reason: str, detail: str, *, status: int = 403, idp: str = ""):
     """Audit a refused sign-in and answer the 4xx page that names the reason."""
-    from apps.compliance.audit import client_ip, record
-
     record("auth.sso_refused", actor="", ip=client_ip(request),
            data={"provider": "saml", "idp": idp, "reason": reason, "detail": detail[:500]})
     logger.warning("SAML sign-in refused: %s (%s)", reason, detail)
