@@ -17,6 +17,8 @@ is in the embedding cache.
 
 import hashlib
 import logging
+import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5
 MAX_RECORDED_ERRORS = 1000
 POLL_SECONDS = 0.1  # how often a sync waiting for batches other processes are embedding looks again
+LISTING_POLL_SECONDS = 0.25  # how often a sync waiting on a slow listing beats and looks for a cancel
 
 
 # --- requesting ---------------------------------------------------------------------------------------------
@@ -179,6 +182,68 @@ class _Cancelled(Exception):
     pass
 
 
+def _unstorable_id(external_id: str) -> str | None:
+    """Why an id cannot be stored as text (PostgreSQL takes neither lone surrogates nor NUL), or None."""
+    try:
+        external_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "id is not valid UTF-8 text; rename it at the source to index it"
+    return "id contains a NUL character" if "\x00" in external_id else None
+
+
+_END = object()
+
+
+def _listed(connector, since, beat):
+    """The connector's documents. A connector that says ``list_in_thread`` is listed by a thread of its own while
+    this one calls ``beat`` every LISTING_POLL_SECONDS it waits: the heartbeat stays fresh and a cancel (raised by
+    ``beat``) stops the run even while the listing hangs on a slow share. The thread, if it is stuck, is left to
+    finish on its own; it hands nothing more over."""
+    documents = connector.documents(since)
+    if not getattr(connector, "list_in_thread", False):
+        yield from documents
+        return
+    items: queue.Queue = queue.Queue(maxsize=1)  # listing runs at most one document ahead of the sync
+    stop = threading.Event()
+
+    def hand_over(entry) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=LISTING_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        error = None
+        try:
+            for raw in documents:
+                if not hand_over((raw, None)):
+                    break
+        except BaseException as exc:  # handed to the sync, which raises it as if it had listed itself
+            error = exc
+        finally:
+            documents.close()
+        hand_over((_END, error))
+
+    threading.Thread(target=produce, name="sync-listing", daemon=True).start()
+    try:
+        while True:
+            try:
+                raw, error = items.get(timeout=LISTING_POLL_SECONDS)
+            except queue.Empty:
+                beat()
+                continue
+            if raw is _END:
+                if error is not None:
+                    raise error
+                return
+            yield raw
+    finally:
+        stop.set()
+
+
 class _Lost(Exception):
     """The run is no longer ours: the reaper declared it lost and started another."""
 
@@ -245,7 +310,7 @@ class _SyncJob:
         seen: set[str] = set()
         since = None if run.full else (self.source.checkpoint or None)
         try:
-            for raw in connector.documents(since):
+            for raw in _listed(connector, since, self._heartbeat):
                 seen.add(raw.external_id)
                 run.items_seen += 1
                 self._process(raw, known.get(raw.external_id))
@@ -310,6 +375,10 @@ class _SyncJob:
         return self._grants.principals(document_id_for(self.source.pk, raw.external_id), raw.groups)
 
     def _process(self, raw, known_hash: str | None):
+        unstorable = _unstorable_id(raw.external_id)
+        if unstorable:
+            self._fail(raw.external_id.encode("utf-8", "backslashreplace").decode(), unstorable)
+            return
         try:
             data = raw.read()
         except ItemError as exc:
