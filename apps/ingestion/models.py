@@ -251,6 +251,9 @@ class SyncRun(models.Model):
     errors = models.JSONField(default=list, blank=True, help_text="[{item, reason}] per failed document")
     message = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False, help_text="The worker stops at its next heartbeat")
+    allow_mass_delete = models.BooleanField(
+        default=False, help_text="Confirmed: it may delete more than SYNC_PRUNE_MAX_FRACTION of the source",
+    )
     follow_up = models.BooleanField(
         default=False, help_text="Changes were reported while it ran; another run starts when it ends",
     )

@@ -156,13 +156,16 @@ def update_source(source: Source, *, user=None, **changes):
 
 
 def delete_source(source: Source, *, user=None):
-    from .sync import log_index_change
+    from .models import Chunk
+    from .sync import forget_unused_embeddings, log_index_change
 
     with transaction.atomic():
         document_ids = list(source.documents.values_list("id", flat=True))
+        text_hashes = set(Chunk.objects.filter(document__source=source).values_list("text_hash", flat=True))
         PeriodicTask.objects.filter(name=f"sync source {source.pk}").delete()
         record("source.delete", actor=user, object_type="source", object_id=source.pk,
                data={"name": source.name, "documents": len(document_ids)})
         source.delete()
         if document_ids:
             log_index_change(document_ids)
+        forget_unused_embeddings(text_hashes)  # its chunks are gone: their cached vectors, unless shared, too

@@ -334,7 +334,15 @@ class _SyncJob:
         except _Lost:
             logger.warning("sync run %s was ended elsewhere (reaped); stopping", run.pk)
             return
-        self._prune(set(known) - set(present))
+        gone = set(known) - set(present)
+        refusal = self._mass_delete_refusal(len(gone), len(known))
+        if refusal:
+            # Nothing is deleted and the checkpoint stays, so the next run (confirmed or not) sees the same.
+            self._forget_unused_embeddings()
+            self._after_write()
+            _finish(run, SyncRun.FAILED, refusal)
+            return
+        self._prune(gone)
         self._forget_unused_embeddings()
         if checkpoint != self.source.checkpoint:
             Source.objects.filter(pk=self.source.pk).update(checkpoint=checkpoint)
@@ -649,6 +657,19 @@ class _SyncJob:
         transaction.on_commit(lambda: self._access.__setitem__(document_id, wanted))
         return True
 
+    def _mass_delete_refusal(self, gone: int, known: int) -> str | None:
+        """Why this run must not delete ``gone`` of the source's ``known`` documents, or None when it may."""
+        if gone <= settings.SYNC_PRUNE_MIN_DOCUMENTS or gone <= settings.SYNC_PRUNE_MAX_FRACTION * known:
+            return None
+        # Read now, not at the claim: a confirmation may have joined the run while it was running.
+        if SyncRun.objects.filter(pk=self.run.pk, allow_mass_delete=True).exists():
+            return None
+        return (f"refused to delete {gone} of {known} documents, over SYNC_PRUNE_MAX_FRACTION "
+                f"({settings.SYNC_PRUNE_MAX_FRACTION:g}) of the source: is its folder or share unmounted or empty? "
+                f"Nothing was deleted. If they are really gone, sync again with confirmation: "
+                f"manage.py sync_source {self.source.name} --allow-mass-delete, or POST "
+                f'sources/{self.source.pk}/sync/ with {{"allow_mass_delete": true}}')
+
     def _prune(self, gone: set[str]):
         ordered = sorted(gone)
         for start in range(0, len(ordered), 500):  # big deletions in slices, each its own transaction
@@ -666,13 +687,7 @@ class _SyncJob:
     def _forget_unused_embeddings(self):
         """Deletion reaches the caches too (invariant 4): cached embeddings of text that no chunk holds any more
         go. Text still held elsewhere, or re-written by this sync, keeps its entry."""
-        hashes = list(self._replaced_hashes)
-        for start in range(0, len(hashes), 1000):
-            group = hashes[start : start + 1000]
-            in_use = set(Chunk.objects.filter(text_hash__in=group).values_list("text_hash", flat=True))
-            unused = [h for h in group if h not in in_use]
-            if unused:
-                EmbeddingCacheEntry.objects.filter(text_hash__in=unused).delete()
+        forget_unused_embeddings(self._replaced_hashes)
         self._replaced_hashes.clear()
 
     def _after_write(self):
@@ -687,6 +702,27 @@ class _SyncJob:
         except IndexUnavailable as exc:
             logger.warning("sync run %s: vector index not updated now (%s); the outbox keeps the changes",
                            self.run.pk, exc)
+
+
+def forget_unused_embeddings(text_hashes) -> None:
+    """Delete the cached embeddings of these text hashes that no chunk holds any more (invariant 4): after a sync
+    replaced or pruned chunks, and after a source was deleted."""
+    hashes = list(set(text_hashes))
+    for start in range(0, len(hashes), 1000):
+        group = hashes[start : start + 1000]
+        in_use = set(Chunk.objects.filter(text_hash__in=group).values_list("text_hash", flat=True))
+        unused = [h for h in group if h not in in_use]
+        if unused:
+            EmbeddingCacheEntry.objects.filter(text_hash__in=unused).delete()
+
+
+def allow_mass_delete(run: SyncRun, *, user=None) -> None:
+    """Confirm that this run may delete more than SYNC_PRUNE_MAX_FRACTION of its source (the prune guard). Call it
+    in the transaction that requested the run, so the worker, started on commit, finds the confirmation."""
+    SyncRun.objects.filter(pk=run.pk).update(allow_mass_delete=True)
+    run.allow_mass_delete = True
+    record("sync.mass_delete_allowed", actor=user, object_type="source", object_id=run.source_id,
+           data={"sync_run": run.pk})
 
 
 def log_index_change(document_ids):

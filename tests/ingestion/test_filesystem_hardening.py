@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 
 from apps.ingestion import sync
 from apps.ingestion.connectors.base import ItemError
@@ -137,7 +138,10 @@ def test_cancel_stops_a_run_whose_connector_is_slow_between_documents(folder, ro
     def cancel_when_stalled():
         listed.wait(30)
         time.sleep(0.5)
-        sync.cancel_sync(SyncRun.objects.get(pk=run.pk))  # as the API would, from another process
+        try:
+            sync.cancel_sync(SyncRun.objects.get(pk=run.pk))  # as the API would, from another process
+        finally:
+            connection.close()  # this thread's own connection, or the test database cannot be dropped
 
     canceller = threading.Thread(target=cancel_when_stalled)
     canceller.start()
