@@ -25,6 +25,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, _num_threads)
 
 _data_dir = Path(os.environ.get("DATA_DIR", Path(__file__).resolve().parent.parent / "var"))
+# gunicorn's control socket (gunicornc) defaults to ~/.gunicorn/gunicorn.ctl, one path for every stack a user runs
+# on the machine: a second stack's server would take over the first one's. Each stack's lives in its own DATA_DIR.
+control_socket = str(_data_dir / "gunicorn.ctl")
 _metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(_data_dir / "prometheus")))
 # Made here too, not only in on_starting: `gunicorn --check-config` loads the application without starting.
 _metrics_dir.mkdir(parents=True, exist_ok=True)

@@ -427,6 +427,11 @@ CHUNK_OVERLAP_TOKENS = env.int("CHUNK_OVERLAP_TOKENS", default=40)
 MAX_DOCUMENT_BYTES = env.int("MAX_DOCUMENT_BYTES", default=20 * 1024 * 1024)
 # A running sync whose heartbeat is older than this is declared lost (its worker died) and started again.
 SYNC_STALE_SECONDS = env.int("SYNC_STALE_SECONDS", default=600)
+# Prune guard: a run that would delete more than this fraction of a source's documents, and more than
+# SYNC_PRUNE_MIN_DOCUMENTS of them, deletes nothing unless it was confirmed (sync_source --allow-mass-delete, or
+# "allow_mass_delete": true on POST sources/{id}/sync/): an emptied folder is more often an unmounted share.
+SYNC_PRUNE_MAX_FRACTION = env.float("SYNC_PRUNE_MAX_FRACTION", default=0.5)
+SYNC_PRUNE_MIN_DOCUMENTS = env.int("SYNC_PRUNE_MIN_DOCUMENTS", default=10)
 SEARCH_MAX_TOP_K = 100
 # Weight of the dense side in hybrid search (1 = dense only). See README "Search quality" for how it was chosen.
 SEARCH_HYBRID_ALPHA = env.float("SEARCH_HYBRID_ALPHA", default=0.75)

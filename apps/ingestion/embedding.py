@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
-from .models import EmbeddingCacheEntry
+from .models import Chunk, EmbeddingCacheEntry
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +148,15 @@ def embed_with_cache(texts: list[str]) -> tuple[np.ndarray, int]:
     dim = embedder.dimension
     vectors = np.stack([cached[h] for h in hashes]) if texts else np.zeros((0, dim), dtype=np.float32)
     return vectors.astype(np.float32, copy=False), len(texts) - len(missing)
+
+
+def forget_unused_embeddings(text_hashes) -> None:
+    """Delete the cached embeddings of these text hashes that no chunk holds any more (invariant 4): after a sync
+    replaced or pruned chunks, and after a source was deleted. Text still held elsewhere keeps its entry."""
+    hashes = list(set(text_hashes))
+    for start in range(0, len(hashes), 1000):
+        group = hashes[start : start + 1000]
+        in_use = set(Chunk.objects.filter(text_hash__in=group).values_list("text_hash", flat=True))
+        unused = [h for h in group if h not in in_use]
+        if unused:
+            EmbeddingCacheEntry.objects.filter(text_hash__in=unused).delete()

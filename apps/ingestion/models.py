@@ -1,3 +1,4 @@
+import hashlib
 import uuid
 
 from django.conf import settings
@@ -15,7 +16,11 @@ ID_NAMESPACE = uuid.UUID("5b0d3c1e-6f0e-4a53-9d7b-6a2b9c1f7e42")
 
 
 def document_id_for(source_id, external_id: str) -> uuid.UUID:
-    return uuid.uuid5(ID_NAMESPACE, f"{source_id}:{external_id}")
+    # surrogateescape: an id holding bytes that are not UTF-8 (a file name os.walk decoded with lone surrogates)
+    # still gets an id instead of failing the whole sync; valid text encodes exactly as before, so ids do not move.
+    # (uuid.uuid5 of Python 3.11 takes only str, so its two steps are spelled out: sha1 of namespace and name.)
+    name = f"{source_id}:{external_id}".encode("utf-8", "surrogateescape")
+    return uuid.UUID(bytes=hashlib.sha1(ID_NAMESPACE.bytes + name, usedforsecurity=False).digest()[:16], version=5)
 
 
 def chunk_id_for(document_id: uuid.UUID, ordinal: int) -> uuid.UUID:
@@ -182,6 +187,9 @@ class SyncRun(models.Model):
     errors = models.JSONField(default=list, blank=True, help_text="[{item, reason}] per failed document")
     message = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False, help_text="The worker stops at its next heartbeat")
+    allow_mass_delete = models.BooleanField(
+        default=False, help_text="Confirmed: it may delete more than SYNC_PRUNE_MAX_FRACTION of the source",
+    )
     follow_up = models.BooleanField(
         default=False, help_text="Changes were reported while it ran; another run starts when it ends",
     )

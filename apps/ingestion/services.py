@@ -14,8 +14,9 @@ from ragsite.errors import FieldError
 from . import secrets
 from .connectors import CONNECTORS, WEBHOOK_SECRET
 from .connectors.base import ConfigError, ConnectorError
+from .embedding import forget_unused_embeddings
 from .hooks import announce_changes
-from .models import Source
+from .models import Chunk, Source
 
 
 class SourceError(FieldError):
@@ -160,9 +161,11 @@ def update_source(source: Source, *, user=None, **changes):
 def delete_source(source: Source, *, user=None):
     with transaction.atomic():
         document_ids = list(source.documents.values_list("id", flat=True))
+        text_hashes = set(Chunk.objects.filter(document__source=source).values_list("text_hash", flat=True))
         PeriodicTask.objects.filter(name=f"sync source {source.pk}").delete()
         record("source.delete", actor=user, object_type="source", object_id=source.pk,
                data={"name": source.name, "documents": len(document_ids)})
         source.delete()
         if document_ids:
             announce_changes(document_ids)
+        forget_unused_embeddings(text_hashes)  # its chunks are gone: their cached vectors, unless shared, too

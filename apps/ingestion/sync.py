@@ -17,6 +17,8 @@ is in the embedding cache.
 
 import hashlib
 import logging
+import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from . import batching
 from .chunking import chunk_text, passage_text
 from .connectors import ConnectorError, get_connector
 from .connectors.base import ItemError, RawDocument
-from .embedding import embed_with_cache, get_embedder, text_hash, vector_to_bytes
+from .embedding import embed_with_cache, forget_unused_embeddings, get_embedder, text_hash, vector_to_bytes
 from .grants import SyncAccess, write_readers
 from .hooks import announce_changes, announce_commit
 from .models import (
@@ -42,7 +44,6 @@ from .models import (
     Document,
     DocumentAccess,
     EmbeddingBatch,
-    EmbeddingCacheEntry,
     Source,
     SyncRun,
     chunk_id_for,
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5
 MAX_RECORDED_ERRORS = 1000
 POLL_SECONDS = 0.1  # how often a sync waiting for batches other processes are embedding looks again
+LISTING_POLL_SECONDS = 0.25  # how often a sync waiting on a slow listing beats and looks for a cancel
 
 
 # --- requesting ---------------------------------------------------------------------------------------------
@@ -191,6 +193,68 @@ class _Cancelled(Exception):
     pass
 
 
+def _unstorable_id(external_id: str) -> str | None:
+    """Why an id cannot be stored as text (PostgreSQL takes neither lone surrogates nor NUL), or None."""
+    try:
+        external_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "id is not valid UTF-8 text; rename it at the source to index it"
+    return "id contains a NUL character" if "\x00" in external_id else None
+
+
+_END = object()
+
+
+def _listed(connector, since, beat):
+    """The connector's documents. A connector that says ``list_in_thread`` is listed by a thread of its own while
+    this one calls ``beat`` every LISTING_POLL_SECONDS it waits: the heartbeat stays fresh and a cancel (raised by
+    ``beat``) stops the run even while the listing hangs on a slow share. The thread, if it is stuck, is left to
+    finish on its own; it hands nothing more over."""
+    documents = connector.documents(since)
+    if not getattr(connector, "list_in_thread", False):
+        yield from documents
+        return
+    items: queue.Queue = queue.Queue(maxsize=1)  # listing runs at most one document ahead of the sync
+    stop = threading.Event()
+
+    def hand_over(entry) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=LISTING_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        error = None
+        try:
+            for raw in documents:
+                if not hand_over((raw, None)):
+                    break
+        except BaseException as exc:  # handed to the sync, which raises it as if it had listed itself
+            error = exc
+        finally:
+            documents.close()
+        hand_over((_END, error))
+
+    threading.Thread(target=produce, name="sync-listing", daemon=True).start()
+    try:
+        while True:
+            try:
+                raw, error = items.get(timeout=LISTING_POLL_SECONDS)
+            except queue.Empty:
+                beat()
+                continue
+            if raw is _END:
+                if error is not None:
+                    raise error
+                return
+            yield raw
+    finally:
+        stop.set()
+
+
 class _Lost(Exception):
     """The run is no longer ours: the reaper declared it lost and started another."""
 
@@ -257,7 +321,7 @@ class _SyncJob:
         seen: set[str] = set()
         since = None if run.full else (self.source.checkpoint or None)
         try:
-            for raw in connector.documents(since):
+            for raw in _listed(connector, since, self._heartbeat):
                 seen.add(raw.external_id)
                 run.items_seen += 1
                 self._process(raw, known.get(raw.external_id))
@@ -281,7 +345,15 @@ class _SyncJob:
         except _Lost:
             logger.warning("sync run %s was ended elsewhere (reaped); stopping", run.pk)
             return
-        self._prune(set(known) - set(present))
+        gone = set(known) - set(present)
+        refusal = self._mass_delete_refusal(len(gone), len(known))
+        if refusal:
+            # Nothing is deleted and the checkpoint stays, so the next run (confirmed or not) sees the same.
+            self._forget_unused_embeddings()
+            self._after_write()
+            _finish(run, SyncRun.FAILED, refusal)
+            return
+        self._prune(gone)
         self._forget_unused_embeddings()
         if checkpoint != self.source.checkpoint:
             Source.objects.filter(pk=self.source.pk).update(checkpoint=checkpoint)
@@ -320,6 +392,10 @@ class _SyncJob:
         return self._grants.principals(document_id_for(self.source.pk, raw.external_id), raw.groups)
 
     def _process(self, raw, known_hash: str | None):
+        unstorable = _unstorable_id(raw.external_id)
+        if unstorable:
+            self._fail(raw.external_id.encode("utf-8", "backslashreplace").decode(), unstorable)
+            return
         try:
             data = raw.read()
         except ItemError as exc:
@@ -584,6 +660,19 @@ class _SyncJob:
         transaction.on_commit(lambda: self._access.__setitem__(document_id, wanted))
         return True
 
+    def _mass_delete_refusal(self, gone: int, known: int) -> str | None:
+        """Why this run must not delete ``gone`` of the source's ``known`` documents, or None when it may."""
+        if gone <= settings.SYNC_PRUNE_MIN_DOCUMENTS or gone <= settings.SYNC_PRUNE_MAX_FRACTION * known:
+            return None
+        # Read now, not at the claim: a confirmation may have joined the run while it was running.
+        if SyncRun.objects.filter(pk=self.run.pk, allow_mass_delete=True).exists():
+            return None
+        return (f"refused to delete {gone} of {known} documents, over SYNC_PRUNE_MAX_FRACTION "
+                f"({settings.SYNC_PRUNE_MAX_FRACTION:g}) of the source: is its folder or share unmounted or empty? "
+                f"Nothing was deleted. If they are really gone, sync again with confirmation: "
+                f"manage.py sync_source {self.source.name} --allow-mass-delete, or POST "
+                f'sources/{self.source.pk}/sync/ with {{"allow_mass_delete": true}}')
+
     def _prune(self, gone: set[str]):
         ordered = sorted(gone)
         for start in range(0, len(ordered), 500):  # big deletions in slices, each its own transaction
@@ -601,16 +690,19 @@ class _SyncJob:
     def _forget_unused_embeddings(self):
         """Deletion reaches the caches too (invariant 4): cached embeddings of text that no chunk holds any more
         go. Text still held elsewhere, or re-written by this sync, keeps its entry."""
-        hashes = list(self._replaced_hashes)
-        for start in range(0, len(hashes), 1000):
-            group = hashes[start : start + 1000]
-            in_use = set(Chunk.objects.filter(text_hash__in=group).values_list("text_hash", flat=True))
-            unused = [h for h in group if h not in in_use]
-            if unused:
-                EmbeddingCacheEntry.objects.filter(text_hash__in=unused).delete()
+        forget_unused_embeddings(self._replaced_hashes)
         self._replaced_hashes.clear()
 
     def _after_write(self):
         """Bring the vector index up to date now rather than at the next search (the retrieval app's receiver; the
         outbox keeps the changes if the index cannot take them)."""
         announce_commit(f"sync run {self.run.pk}")
+
+
+def allow_mass_delete(run: SyncRun, *, user=None) -> None:
+    """Confirm that this run may delete more than SYNC_PRUNE_MAX_FRACTION of its source (the prune guard). Call it
+    in the transaction that requested the run, so the worker, started on commit, finds the confirmation."""
+    SyncRun.objects.filter(pk=run.pk).update(allow_mass_delete=True)
+    run.allow_mass_delete = True
+    record("sync.mass_delete_allowed", actor=user, object_type="source", object_id=run.source_id,
+           data={"sync_run": run.pk})

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import transaction
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -19,7 +20,7 @@ from ragsite.api_schema import ErrorSerializer
 
 from .. import changes, services
 from ..models import Document, Source, SyncRun
-from ..sync import CancelError, cancel_sync, request_sync
+from ..sync import CancelError, allow_mass_delete, cancel_sync, request_sync
 from .serializers import (
     DocumentDetailSerializer,
     DocumentSerializer,
@@ -102,7 +103,8 @@ class SourceViewSet(viewsets.ModelViewSet):
         services.delete_source(instance, user=self.request.user)
 
     @extend_schema(
-        request=inline_serializer("SyncRequest", {"full": serializers.BooleanField(default=False)}),
+        request=inline_serializer("SyncRequest", {"full": serializers.BooleanField(default=False),
+                                                  "allow_mass_delete": serializers.BooleanField(default=False)}),
         responses={202: inline_serializer("SyncAccepted", {"sync_run_id": serializers.IntegerField(),
                                                           "created": serializers.BooleanField()})},
     )
@@ -112,7 +114,13 @@ class SourceViewSet(viewsets.ModelViewSet):
         full = request.data.get("full", False) if isinstance(request.data, dict) else False
         if not isinstance(full, bool):
             raise ValidationError({"full": ["Must be true or false."]})
-        run, created = request_sync(source, full=full, trigger="api", user=request.user)
+        confirmed = request.data.get("allow_mass_delete", False) if isinstance(request.data, dict) else False
+        if not isinstance(confirmed, bool):
+            raise ValidationError({"allow_mass_delete": ["Must be true or false."]})
+        with transaction.atomic():  # the worker starts on commit, with the confirmation already on the run
+            run, created = request_sync(source, full=full, trigger="api", user=request.user)
+            if confirmed:
+                allow_mass_delete(run, user=request.user)
         return Response({"sync_run_id": run.pk, "created": created}, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

@@ -1,6 +1,7 @@
 import fnmatch
 import json
 import os
+import stat as stat_mode
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,23 @@ from .base import (
 )
 
 ACCESS_SIDECAR = ".ragsite-access.json"
+# A FIFO, socket or device under the folder: reading one can block for good (a FIFO without a writer) or never end.
+_FILE_KINDS = {stat_mode.S_IFIFO: "a FIFO", stat_mode.S_IFSOCK: "a socket", stat_mode.S_IFCHR: "a character device",
+               stat_mode.S_IFBLK: "a block device", stat_mode.S_IFDIR: "a directory"}
+
+
+def readable_name(name: str) -> str:
+    """A file name as text that can be stored and shown: bytes that are not UTF-8 (which os.walk hands over as
+    lone surrogates) written as backslash escapes, ``bad-\\xff.txt``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this mode is not read, or None for a regular file."""
+    if stat_mode.S_ISREG(mode):
+        return None
+    kind = _FILE_KINDS.get(stat_mode.S_IFMT(mode), "not a plain file")
+    return f"not a regular file ({kind}); skipped"
 
 
 class FileSystemConnector(Connector):
@@ -56,6 +74,10 @@ class FileSystemConnector(Connector):
         include = self.config.get("include") or ["*"]
         exclude = self.config.get("exclude") or []
         return any(fnmatch.fnmatch(rel, p) for p in include) and not any(fnmatch.fnmatch(rel, p) for p in exclude)
+
+    # The sync reads the listing in a thread of its own, so its heartbeat (and a cancel) goes on while a slow or
+    # hung share keeps os.walk waiting. Safe here: the listing touches only the file system, never the database.
+    list_in_thread = True
 
     def documents(self, since=None):
         self.check()
@@ -101,6 +123,13 @@ class FileSystemConnector(Connector):
                 rel = path.relative_to(root).as_posix()
                 if not self._wanted(rel) or content_type_for(filename) is None:
                     continue
+                shown = readable_name(rel)
+                if shown != rel:
+                    # A name that is not UTF-8 cannot be an id, a URI or a database string: the file fails with
+                    # its reason under an escaped name (not indexed under it, which another file could also take).
+                    yield RawDocument(shown, "", 0, None, failing_read(
+                        "file name is not valid UTF-8 (shown here with \\x escapes); rename the file to index it"))
+                    continue
                 yield self._raw(path, rel, sidecar_for, directory)
 
     def _raw(self, path: Path, rel: str, sidecar_for, directory: Path) -> RawDocument:
@@ -110,15 +139,12 @@ class FileSystemConnector(Connector):
             return RawDocument(rel, path.as_uri(), 0, None, failing_read(f"cannot stat file: {exc.strerror}"))
         if path.is_symlink() and not path.resolve().is_relative_to(self.root):
             return RawDocument(rel, path.as_uri(), 0, None, failing_read("symbolic link points outside the source"))
-        limit = settings.MAX_DOCUMENT_BYTES
+        reason = _not_regular(stat.st_mode)
+        if reason:
+            return RawDocument(rel, path.as_uri(), 0, None, failing_read(reason))
 
         def read():
-            if stat.st_size > limit:
-                raise ItemError(f"file is {stat.st_size:,} bytes, over the {limit:,}-byte limit (MAX_DOCUMENT_BYTES)")
-            try:
-                return path.read_bytes()
-            except OSError as exc:
-                raise ItemError(f"cannot read file: {exc.strerror}") from exc
+            return read_regular_file(path)
 
         try:
             groups, classification = sidecar_for(directory)
@@ -127,3 +153,29 @@ class FileSystemConnector(Connector):
         modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
         return RawDocument(rel, path.as_uri(), stat.st_size, modified, read, groups, classification=classification)
 
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file, never blocking: opened non-blocking (a FIFO put there since it was listed
+    then returns at once instead of waiting for a writer) and checked on the open descriptor before any read, so a
+    file swapped for a FIFO or a device between the check and the open is refused too. At most
+    MAX_DOCUMENT_BYTES are read."""
+    limit = settings.MAX_DOCUMENT_BYTES
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ItemError(f"cannot read file: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            info = os.fstat(fd)
+            reason = _not_regular(info.st_mode)
+            if reason:
+                raise ItemError(reason)
+            if info.st_size > limit:
+                raise ItemError(f"file is {info.st_size:,} bytes, over the {limit:,}-byte limit (MAX_DOCUMENT_BYTES)")
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise ItemError(f"cannot read file: {exc.strerror}") from exc
+    if len(data) > limit:  # it grew since fstat
+        raise ItemError(f"file is over the {limit:,}-byte limit (MAX_DOCUMENT_BYTES)")
+    return data

@@ -104,7 +104,8 @@ class HttpConnector(Connector):
     """One document per item of a JSON API listing; incremental on ``updated_field`` when it is set."""
 
     incremental = True
-    secret_fields = ("headers.*",)
+    # Query values of the URLs too: APIs take keys there (?api_key=...), and a readonly user may view sources.
+    secret_fields = ("headers.*", "url?", "ids_url?")
 
     @classmethod
     def validate_config(cls, config):

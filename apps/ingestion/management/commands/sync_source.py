@@ -1,9 +1,11 @@
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 from tqdm import tqdm
 
 from apps.ingestion.models import Source, SyncRun
+from apps.ingestion.sync import allow_mass_delete as confirm_mass_delete
 from apps.ingestion.sync import request_sync
 
 
@@ -15,12 +17,17 @@ class Command(BaseCommand):
         parser.add_argument("--full", action="store_true", help="re-parse every document (embeddings still cached)")
         parser.add_argument("--wait", action="store_true", help="wait for the run to finish, showing progress")
         parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait with --wait")
+        parser.add_argument("--allow-mass-delete", action="store_true",
+                            help="let this run delete more than SYNC_PRUNE_MAX_FRACTION of the source's documents")
 
-    def handle(self, *args, name, full, wait, timeout, **options):
+    def handle(self, *args, name, full, wait, timeout, allow_mass_delete: bool, **options):
         source = Source.objects.filter(name=name).first()
         if source is None:
             raise CommandError(f"no source named {name!r}")
-        run, created = request_sync(source, full=full, trigger="cli")
+        with transaction.atomic():  # the worker starts on commit, with the confirmation already on the run
+            run, created = request_sync(source, full=full, trigger="cli")
+            if allow_mass_delete:
+                confirm_mass_delete(run)
         self.stdout.write(f"sync run #{run.pk} {'queued' if created else 'already active; following it'}")
         if not wait:
             return
