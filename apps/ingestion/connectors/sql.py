@@ -111,6 +111,42 @@ def _reason(exc) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
+def _connection_settings(config) -> dict:
+    """The ``url`` (stored without its password) and ``password`` settings, checked."""
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from ..secrets import MASK  # here, not at the top: secrets imports this package
+
+    raw_url = config.get("url")
+    if not isinstance(raw_url, str) or not raw_url.strip():
+        raise ConfigError("url", "a database URL is required, e.g. postgresql+psycopg://user:pw@host:5432/db")
+    try:
+        url = make_url(raw_url.strip())
+    except ArgumentError:
+        raise ConfigError("url", "not a database URL; expected e.g. postgresql+psycopg://user:pw@host:5432/db "
+                          "or mysql+pymysql://user:pw@host:3306/db") from None
+    if url.drivername not in DRIVERS:
+        raise ConfigError("url", f"unsupported scheme {url.drivername!r}; use postgresql+psycopg, "
+                          "mysql+pymysql or mariadb+pymysql")
+    if not url.host or not url.database:
+        raise ConfigError("url", "must name a host and a database")
+    if {"password", "passwd"} & {k.lower() for k in url.query}:
+        raise ConfigError("url", "put the password in the user:password part of the URL, not in its query")
+    password = config.get("password")
+    if url.password is not None and url.password != MASK:
+        password = url.password  # typed into the URL just now: it wins over a stored one
+    if password is not None and not isinstance(password, str):
+        raise ConfigError("password", "must be a string")
+    # The URL is stored without its password; the password is a separate, encrypted setting.
+    stored_url = URL.create(DRIVERS[url.drivername], username=url.username, password=None, host=url.host,
+                            port=url.port, database=url.database, query=url.query)  # set() cannot clear
+    normalised = {"url": stored_url.render_as_string(hide_password=False)}
+    if password:
+        normalised["password"] = password
+    return normalised
+
+
 class SqlConnector(Connector):
     """One document per row of ``query``; incremental on ``modified_column`` when it is set."""
 
@@ -119,38 +155,8 @@ class SqlConnector(Connector):
 
     @classmethod
     def validate_config(cls, config):
-        from sqlalchemy.engine import URL, make_url
-        from sqlalchemy.exc import ArgumentError
-
-        from ..secrets import MASK  # here, not at the top: secrets imports this package
-
         reject_unknown(config, SETTINGS, "a sql source")
-        raw_url = config.get("url")
-        if not isinstance(raw_url, str) or not raw_url.strip():
-            raise ConfigError("url", "a database URL is required, e.g. postgresql+psycopg://user:pw@host:5432/db")
-        try:
-            url = make_url(raw_url.strip())
-        except ArgumentError:
-            raise ConfigError("url", "not a database URL; expected e.g. postgresql+psycopg://user:pw@host:5432/db "
-                              "or mysql+pymysql://user:pw@host:3306/db") from None
-        if url.drivername not in DRIVERS:
-            raise ConfigError("url", f"unsupported scheme {url.drivername!r}; use postgresql+psycopg, "
-                              "mysql+pymysql or mariadb+pymysql")
-        if not url.host or not url.database:
-            raise ConfigError("url", "must name a host and a database")
-        if {"password", "passwd"} & {k.lower() for k in url.query}:
-            raise ConfigError("url", "put the password in the user:password part of the URL, not in its query")
-        password = config.get("password")
-        if url.password is not None and url.password != MASK:
-            password = url.password  # typed into the URL just now: it wins over a stored one
-        if password is not None and not isinstance(password, str):
-            raise ConfigError("password", "must be a string")
-        # The URL is stored without its password; the password is a separate, encrypted setting.
-        stored_url = URL.create(DRIVERS[url.drivername], username=url.username, password=None, host=url.host,
-                                port=url.port, database=url.database, query=url.query)  # set() cannot clear
-        normalised = {"url": stored_url.render_as_string(hide_password=False)}
-        if password:
-            normalised["password"] = password
+        normalised = _connection_settings(config)
 
         query = config.get("query")
         if not isinstance(query, str) or not query.strip():
