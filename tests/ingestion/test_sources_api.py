@@ -12,7 +12,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def power(roles):
-    return UserFactory(username="pat", groups=["power_user"])
+    # In hr: the API shows a source only to its readers (issue 12 item 1), and pat creates hr sources below.
+    return UserFactory(username="pat", groups=["power_user", "hr"])
 
 
 def test_create_source_through_the_api(power, corpus_dir, django_capture_on_commit_callbacks):

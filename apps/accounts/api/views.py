@@ -1,4 +1,7 @@
-"""Grants on sources and documents: list, grant, revoke (capability manage_sources); all through accounts.grants."""
+"""Grants on sources and documents: list, grant, revoke; all through accounts.grants.
+
+Only a caller who may read the object and holds ``grant_access`` manages its grants: nobody can hand out (to others
+or to themself) what they cannot read, and an object the caller cannot read answers the 404 of a missing one."""
 
 import uuid
 
@@ -10,22 +13,24 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.ingestion.models import Document, Source
+from apps.ingestion.visibility import readable_sources
 
 from .. import grants
+from ..access import access_scope
 from ..authentication import token_of
 from ..roles import has_capability
 
 
-class ManageSources(BasePermission):
-    message = "Your role does not allow this (capability 'manage_sources')."
+class GrantAccess(BasePermission):
+    message = "Your role does not allow this (capability 'grant_access')."
 
     def has_permission(self, request, view):
         token = token_of(request)
-        if has_capability(request.user, "manage_sources", token):
+        if has_capability(request.user, "grant_access", token):
             return True
-        if token is not None and has_capability(request.user, "manage_sources"):
+        if token is not None and has_capability(request.user, "grant_access"):
             self.message = (f"This API token's scope ({token.scope!r}) does not allow this "
-                            "(capability 'manage_sources').")
+                            "(capability 'grant_access').")
         return False
 
 
@@ -89,9 +94,10 @@ _GRANTEE_PARAMS = [OpenApiParameter("user", str, required=False, description="DE
                    OpenApiParameter("group", str, required=False, description="DELETE: group name")]
 
 class _GrantsView(APIView):
-    permission_classes = [ManageSources]
+    permission_classes = [GrantAccess]
 
     def get_target(self, pk):
+        """The object, if the caller may read it; NotFound otherwise (forbidden and missing look the same)."""
         raise NotImplementedError
 
     def listing(self, target) -> dict:
@@ -126,7 +132,7 @@ class SourceGrantsView(_GrantsView):
     """Users and groups granted to read a source's documents (beside its reader groups)."""
 
     def get_target(self, pk):
-        source = Source.objects.filter(pk=pk).first()
+        source = readable_sources(Source.objects.filter(pk=pk), self.request.user).first()
         if source is None:
             raise NotFound("No source with this id.")
         return source
@@ -135,12 +141,13 @@ class SourceGrantsView(_GrantsView):
         return {**super().listing(target), "reader_groups": list(target.reader_groups.values_list("name", flat=True))}
 
 
-def _document(pk) -> Document:
+def _document(pk, user) -> Document:
     try:
         document_id = uuid.UUID(str(pk))
     except ValueError:
         document_id = None
-    document = Document.objects.select_related("source").filter(pk=document_id).first() if document_id else None
+    readable = Document.objects.readable_by(access_scope(user)).select_related("source")
+    document = readable.filter(pk=document_id).first() if document_id else None
     if document is None:
         raise NotFound("No document with this id.")
     return document
@@ -151,7 +158,7 @@ class DocumentGrantsView(_GrantsView):
     """Users and groups granted to read one document, whatever it inherits; and whether it is restricted."""
 
     def get_target(self, pk):
-        return _document(pk)
+        return _document(pk, self.request.user)
 
     def listing(self, target):
         from apps.ingestion.models import DocumentAccess
@@ -175,14 +182,14 @@ class RestrictRequestSerializer(serializers.Serializer):
 class DocumentRestrictionView(APIView):
     """Narrow a document to its own grants (POST) or let it inherit its readers again (DELETE)."""
 
-    permission_classes = [ManageSources]
+    permission_classes = [GrantAccess]
 
     @extend_schema(request=RestrictRequestSerializer, responses={200: RestrictionSerializer,
                                                                  201: RestrictionSerializer})
     def post(self, request, pk):
         from ..models import DocumentRestriction
 
-        document = _document(pk)
+        document = _document(pk, request.user)
         data = request.data if isinstance(request.data, dict) else {}
         unknown = set(data) - {"reason"}
         if unknown:
@@ -198,7 +205,7 @@ class DocumentRestrictionView(APIView):
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request, pk):
-        document = _document(pk)
+        document = _document(pk, request.user)
         try:
             grants.unrestrict(document, actor=request.user)
         except grants.GrantNotFound as exc:
