@@ -11,8 +11,9 @@ from apps.compliance.audit import record
 from ragsite.errors import FieldError
 
 from . import secrets
-from .connectors import CONNECTORS, WEBHOOK_SECRET
+from .connectors import CONNECTORS, WEBHOOK_SECRET, egress
 from .connectors.base import CLASSIFICATIONS, ConfigError, ConnectorError
+from .connectors.roots import overlaps
 from .models import Source
 
 
@@ -32,7 +33,8 @@ def validate_source(kind: str, config: dict, schedule: str = "", stored: dict | 
         config = secrets.decrypt_config(secrets.restore_masked(config, stored, secret_fields))
         webhook_secret = config.pop(WEBHOOK_SECRET, None)  # any kind may have one; no connector sees it
         config = CONNECTORS[kind].validate_config(config)
-        CONNECTORS[kind](config).check()  # reachable now, or the operator hears why before saving
+        with egress.saving():  # no raw response bodies in what the saving user reads
+            CONNECTORS[kind](config).check()  # reachable now, or the operator hears why before saving
     except ConfigError as exc:
         raise SourceError(f"config.{exc.field}", exc.message) from exc
     except ConnectorError as exc:
@@ -99,12 +101,29 @@ def apply_schedule(source: Source) -> None:
     )
 
 
+def _check_overlap(kind: str, config: dict, user, source=None) -> None:
+    """A user without administer_sources may not point a file-system source at files another source already
+    indexes: it could re-publish a restricted folder with wider readers. (Commands, with no user, are the operator.)"""
+    if user is None or kind != "filesystem":
+        return
+    from apps.accounts.roles import has_capability
+
+    if has_capability(user, "administer_sources"):
+        return
+    others = Source.objects.filter(kind="filesystem").exclude(pk=getattr(source, "pk", None))
+    for other_path in others.values_list("config__path", flat=True):
+        if isinstance(other_path, str) and overlaps(config["path"], other_path):
+            raise SourceError("config.path", "overlaps the folder of another source; only an administrator "
+                              "(capability administer_sources) may point two sources at the same files")
+
+
 def create_source(*, name, kind="filesystem", config=None, schedule="", groups=(), enabled=True, user=None,
                   classification="internal"):
     name = slugify(name)
     if not name:
         raise SourceError("name", "must contain letters or digits")
     config = validate_source(kind, config or {}, schedule)
+    _check_overlap(kind, config, user)
     _check_classification(classification)
     group_objs = _groups(groups)
     with transaction.atomic():
@@ -132,6 +151,7 @@ def update_source(source: Source, *, user=None, **changes):
     config = changes.get("config", source.config)
     schedule = changes.get("schedule", source.schedule)
     config = validate_source(kind, config, schedule, stored=source.config)
+    _check_overlap(kind, config, user, source)
     relabelled = "classification" in changes and changes["classification"] != source.classification
     if relabelled:
         _check_classification(changes["classification"])

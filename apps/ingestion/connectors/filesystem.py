@@ -17,6 +17,7 @@ from .base import (
     failing_read,
     reject_unknown,
 )
+from .roots import check_root
 
 ACCESS_SIDECAR = ".ragsite-access.json"
 
@@ -36,7 +37,8 @@ class FileSystemConnector(Connector):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(key, "must be a list of glob patterns")
         reject_unknown(config, {"path", "include", "exclude"}, "a filesystem source")
-        return {**config, "path": str(Path(path).expanduser().resolve())}
+        # Checked here, so on save and again whenever a sync builds the connector (a root may have been removed).
+        return {**config, "path": str(check_root(Path(path).expanduser()))}
 
     @property
     def root(self) -> Path:
