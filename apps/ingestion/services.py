@@ -4,6 +4,7 @@ import json
 
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils.text import slugify
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
@@ -102,15 +103,22 @@ def apply_schedule(source: Source) -> None:
 
 
 def _check_overlap(kind: str, config: dict, user, source=None) -> None:
-    """A user without administer_sources may not point a file-system source at files another source already
-    indexes: it could re-publish a restricted folder with wider readers. (Commands, with no user, are the operator.)"""
+    """A user without administer_sources may not point a file-system source at files that a source with narrowed
+    readers (reader groups, grants, restricted documents) already indexes: the copy would re-publish them with the
+    readers its creator chose. A folder every signed-in user reads may be shared (its sidecars still apply, also from
+    above the new source's folder). Commands, with no user, are the operator's."""
     if user is None or kind != "filesystem":
         return
+    from apps.accounts.models import DocumentRestriction
     from apps.accounts.roles import has_capability
 
     if has_capability(user, "administer_sources"):
         return
-    others = Source.objects.filter(kind="filesystem").exclude(pk=getattr(source, "pk", None))
+    restricted = DocumentRestriction.objects.filter(document__source_id=OuterRef("pk"))
+    others = Source.objects.filter(kind="filesystem").exclude(pk=getattr(source, "pk", None)).filter(
+        Q(reader_groups__isnull=False) | Q(user_grants__isnull=False) | Q(group_grants__isnull=False)
+        | Exists(restricted)
+    ).distinct()
     for other_path in others.values_list("config__path", flat=True):
         if isinstance(other_path, str) and overlaps(config["path"], other_path):
             raise SourceError("config.path", "overlaps the folder of another source; only an administrator "

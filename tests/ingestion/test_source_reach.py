@@ -166,3 +166,27 @@ def test_dns_rebinding_is_refused_at_connection_time(settings, internal, monkeyp
         connector.check()
     assert isinstance(err.value, ConnectorError) and "loopback" in str(err.value)
     assert _Internal.hits == 0  # refused before a byte was sent
+
+
+def test_a_sub_folder_copy_of_an_open_source_keeps_the_restriction_above_it(pat, sources_root, roles):
+    share = write_corpus(sources_root / "share", {"hr/.ragsite-access.json": '{"groups": ["hr"]}',
+                                                  "hr/2027/layoffs.txt": "The list of names.",
+                                                  "lunch.txt": "Pizza on Fridays."})
+    create_source(name="share", config={"path": str(share)})  # open to every signed-in user; hr/ by its sidecar
+    response = _create(token_client(pat), "copy", share / "hr" / "2027", groups=[])
+    assert response.status_code == 201, response.content  # an open folder may be shared
+    copy = Source.objects.get(name="copy")
+    assert sync_now(copy).status == SyncRun.SUCCEEDED
+    document = Document.objects.get(source=copy)
+    assert list(document.access.values_list("principal", flat=True)) == ["group:hr"]
+
+
+def test_power_user_cannot_copy_a_source_with_a_restricted_document(pat, sources_root, roles):
+    from apps.accounts import grants
+
+    share = write_corpus(sources_root / "share", {"memo.txt": "Quarterly numbers."})
+    source = create_source(name="share", config={"path": str(share)})
+    sync_now(source)
+    grants.restrict(Document.objects.get(source=source), reason="legal")
+    response = _create(token_client(pat), "copy", share, groups=[])
+    assert response.status_code == 400 and "another source" in response.json()["detail"]

@@ -17,7 +17,7 @@ from .base import (
     failing_read,
     reject_unknown,
 )
-from .roots import check_root
+from .roots import allowed_roots, check_root
 
 ACCESS_SIDECAR = ".ragsite-access.json"
 
@@ -61,12 +61,15 @@ class FileSystemConnector(Connector):
     def documents(self, since=None):
         self.check()
         root = self.root
+        # Sidecars above the source's folder, up to the allowed root holding it, apply too: a source made on a
+        # sub-folder of a restricted tree keeps its restriction.
+        top = next((r for r in allowed_roots() if root.is_relative_to(r)), root)
         sidecars: dict[Path, tuple[tuple[str, ...] | None, str | None]] = {}
 
         def sidecar_for(directory: Path):
             """(groups, classification) of a directory: its sidecar's, each inherited when the sidecar is silent."""
             if directory not in sidecars:
-                inherited = sidecar_for(directory.parent) if directory != root else (None, None)
+                inherited = sidecar_for(directory.parent) if directory not in (top, directory.parent) else (None, None)
                 sidecar = directory / ACCESS_SIDECAR
                 if sidecar.is_file():
                     try:
