@@ -190,3 +190,18 @@ def test_power_user_cannot_copy_a_source_with_a_restricted_document(pat, sources
     grants.restrict(Document.objects.get(source=source), reason="legal")
     response = _create(token_client(pat), "copy", share, groups=[])
     assert response.status_code == 400 and "another source" in response.json()["detail"]
+
+
+def test_rest_connectors_are_held_to_the_same_policy(pat, settings, internal):
+    """Confluence (and SharePoint, through the same RestClient and URL check): refused on save, and a connection
+    made later to a denied address is refused before anything is sent."""
+    from apps.ingestion.connectors.rest import RestClient
+
+    settings.CONNECTOR_EGRESS_ALLOW = []
+    config = {"base_url": internal.url, "email": "a@example.com", "api_token": "t" * 20, "space_keys": ["ENG"]}
+    response = token_client(pat).post("/api/v1/sources/", {"name": "wiki", "kind": "confluence", "config": config},
+                                      format="json")
+    assert response.status_code == 400 and response.json()["detail"].startswith("config.base_url:")
+    with pytest.raises(EgressDenied):
+        RestClient({}).get(f"{internal.url}/wiki/rest/api/space/ENG")
+    assert _Internal.hits == 0
