@@ -205,3 +205,15 @@ def test_rest_connectors_are_held_to_the_same_policy(pat, settings, internal):
     with pytest.raises(EgressDenied):
         RestClient({}).get(f"{internal.url}/wiki/rest/api/space/ENG")
     assert _Internal.hits == 0
+
+
+def test_a_proxy_from_the_environment_is_held_to_the_policy(settings, internal, monkeypatch):
+    """HTTP_PROXY would otherwise carry requests past the check: the proxy's address is checked too."""
+    from apps.ingestion.connectors.rest import RestClient
+
+    settings.CONNECTOR_EGRESS_ALLOW = []
+    monkeypatch.setenv("HTTP_PROXY", internal.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    with pytest.raises(EgressDenied):
+        RestClient({"max_retries": 0}).get("http://93.184.216.34/wiki/rest/api/space/ENG")
+    assert _Internal.hits == 0

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from requests.adapters import HTTPAdapter
+from requests.utils import select_proxy
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
@@ -130,12 +131,31 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
+_GUARDED_POOLS = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+
+
 class GuardedAdapter(HTTPAdapter):
     """An HTTPAdapter whose connections (redirects included) go only where the egress policy allows."""
 
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_GUARDED_POOLS)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        # Through a proxy (HTTP(S)_PROXY) the connection goes to the proxy, which is checked like any address; the
+        # target is resolved here and checked as on save, since the proxy would otherwise reach anything for us.
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools have their own connection class
+            manager.pool_classes_by_scheme = dict(_GUARDED_POOLS)
+        return manager
+
+    def send(self, request, *args, proxies=None, **kwargs):
+        if proxies and select_proxy(request.url, proxies):
+            host = urlsplit(request.url).hostname or ""
+            with contextlib.suppress(OSError, UnicodeError):
+                for address in _resolve(host, 443):
+                    check_address(host, address)
+        return super().send(request, *args, proxies=proxies, **kwargs)
 
 
 # --- what a save-time error may say ----------------------------------------------------------------------------
