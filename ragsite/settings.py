@@ -425,6 +425,14 @@ EMBEDDING_CLAIM_SECONDS = env.int("EMBEDDING_CLAIM_SECONDS", default=120)
 CHUNK_TOKENS = env.int("CHUNK_TOKENS", default=200)
 CHUNK_OVERLAP_TOKENS = env.int("CHUNK_OVERLAP_TOKENS", default=40)
 MAX_DOCUMENT_BYTES = env.int("MAX_DOCUMENT_BYTES", default=20 * 1024 * 1024)
+# Where sources may reach (README "Roles"): file-system sources only inside these directories (resolved, symlinks
+# and .. included); HTTP-based connectors never to loopback, link-local or private addresses unless allowed here
+# (comma-separated CIDRs or host names, e.g. "10.20.0.0/16,wiki.corp.example"). Checked on save and on every sync.
+FILESYSTEM_SOURCE_ROOTS = [
+    Path(p).expanduser().resolve()
+    for p in env.list("FILESYSTEM_SOURCE_ROOTS", default=[str(DATA_DIR / "sources"), str(BASE_DIR / "demo")])
+]
+CONNECTOR_EGRESS_ALLOW = env.list("CONNECTOR_EGRESS_ALLOW", default=[])
 # A running sync whose heartbeat is older than this is declared lost (its worker died) and started again.
 SYNC_STALE_SECONDS = env.int("SYNC_STALE_SECONDS", default=600)
 # Prune guard: a run that would delete more than this fraction of a source's documents, and more than

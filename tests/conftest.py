@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,21 @@ SMALL_CORPUS = {
 def _isolated_cache(settings):
     """Each test run counts rate limits in its own cache namespace (the cache is a shared Redis)."""
     settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{os.getpid()}"}}
+
+
+# The tests' corpora live in temporary folders and their HTTP stand-ins on 127.0.0.1: allowed here explicitly (the
+# defaults deny both; tests/ingestion/test_source_reach.py shows it). Set in the environment too, for the worker and
+# other manage.py processes the tests start.
+TEST_SOURCE_ROOTS = [tempfile.gettempdir(), str(REPO / "demo")]
+TEST_EGRESS_ALLOW = ["127.0.0.0/8", "::1"]
+os.environ.setdefault("FILESYSTEM_SOURCE_ROOTS", ",".join(TEST_SOURCE_ROOTS))
+os.environ.setdefault("CONNECTOR_EGRESS_ALLOW", ",".join(TEST_EGRESS_ALLOW))
+
+
+@pytest.fixture(autouse=True)
+def _reachable_test_sources(settings):
+    settings.FILESYSTEM_SOURCE_ROOTS = [Path(p).resolve() for p in TEST_SOURCE_ROOTS]
+    settings.CONNECTOR_EGRESS_ALLOW = list(TEST_EGRESS_ALLOW)
 
 
 @pytest.fixture(autouse=True)

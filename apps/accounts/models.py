@@ -25,6 +25,8 @@ class Capability(models.Model):
             ("view_audit", "Can view the audit trail"),
             ("handle_subject_requests", "Can handle data subject requests"),
             ("configure_system", "Can configure the system"),
+            ("administer_sources", "Can see every source and sync run, readable or not"),
+            ("grant_access", "Can grant and restrict access to sources and documents the user may read"),
         ]
 
     def __str__(self):

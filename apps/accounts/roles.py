@@ -9,11 +9,14 @@ CAPABILITIES = (
     "view_audit",
     "handle_subject_requests",
     "configure_system",
+    "administer_sources",  # sees every source and sync run; without it, only sources the user may read
+    "grant_access",  # grants and restrictions, and only on what the granting user may read
 )
 
 ROLE_CAPABILITIES = {
     "admin": CAPABILITIES,
-    "power_user": ("query", "upload", "view_sources", "manage_sources", "run_syncs"),
+    # A power user shares what they may read (grant_access) but sees and manages only sources they may read.
+    "power_user": ("query", "upload", "view_sources", "manage_sources", "run_syncs", "grant_access"),
     "user": ("query", "upload", "view_sources"),
     "readonly": ("query", "view_sources"),
     "compliance_officer": ("query", "view_sources", "view_audit", "handle_subject_requests"),

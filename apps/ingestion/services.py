@@ -4,6 +4,7 @@ import json
 
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils.text import slugify
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
@@ -12,8 +13,9 @@ from apps.compliance.labels import CLASSIFICATIONS
 from ragsite.errors import FieldError
 
 from . import secrets
-from .connectors import CONNECTORS, WEBHOOK_SECRET
+from .connectors import CONNECTORS, WEBHOOK_SECRET, egress
 from .connectors.base import ConfigError, ConnectorError
+from .connectors.roots import overlaps
 from .embedding import forget_unused_embeddings
 from .hooks import announce_changes
 from .models import Chunk, Source
@@ -35,7 +37,8 @@ def validate_source(kind: str, config: dict, schedule: str = "", stored: dict | 
         config = secrets.decrypt_config(secrets.restore_masked(config, stored, secret_fields))
         webhook_secret = config.pop(WEBHOOK_SECRET, None)  # any kind may have one; no connector sees it
         config = CONNECTORS[kind].validate_config(config)
-        CONNECTORS[kind](config).check()  # reachable now, or the operator hears why before saving
+        with egress.saving():  # no raw response bodies in what the saving user reads
+            CONNECTORS[kind](config).check()  # reachable now, or the operator hears why before saving
     except ConfigError as exc:
         raise SourceError(f"config.{exc.field}", exc.message) from exc
     except ConnectorError as exc:
@@ -102,12 +105,36 @@ def apply_schedule(source: Source) -> None:
     )
 
 
+def _check_overlap(kind: str, config: dict, user, source=None) -> None:
+    """A user without administer_sources may not point a file-system source at files that a source with narrowed
+    readers (reader groups, grants, restricted documents) already indexes: the copy would re-publish them with the
+    readers its creator chose. A folder every signed-in user reads may be shared (its sidecars still apply, also from
+    above the new source's folder). Commands, with no user, are the operator's."""
+    if user is None or kind != "filesystem":
+        return
+    from apps.accounts.models import DocumentRestriction
+    from apps.accounts.roles import has_capability
+
+    if has_capability(user, "administer_sources"):
+        return
+    restricted = DocumentRestriction.objects.filter(document__source_id=OuterRef("pk"))
+    others = Source.objects.filter(kind="filesystem").exclude(pk=getattr(source, "pk", None)).filter(
+        Q(reader_groups__isnull=False) | Q(user_grants__isnull=False) | Q(group_grants__isnull=False)
+        | Exists(restricted)
+    ).distinct()
+    for other_path in others.values_list("config__path", flat=True):
+        if isinstance(other_path, str) and overlaps(config["path"], other_path):
+            raise SourceError("config.path", "overlaps the folder of another source; only an administrator "
+                              "(capability administer_sources) may point two sources at the same files")
+
+
 def create_source(*, name, kind="filesystem", config=None, schedule="", groups=(), enabled=True, user=None,
                   classification="internal"):
     name = slugify(name)
     if not name:
         raise SourceError("name", "must contain letters or digits")
     config = validate_source(kind, config or {}, schedule)
+    _check_overlap(kind, config, user)
     _check_classification(classification)
     group_objs = _groups(groups)
     with transaction.atomic():
@@ -135,6 +162,7 @@ def update_source(source: Source, *, user=None, **changes):
     config = changes.get("config", source.config)
     schedule = changes.get("schedule", source.schedule)
     config = validate_source(kind, config, schedule, stored=source.config)
+    _check_overlap(kind, config, user, source)
     relabelled = "classification" in changes and changes["classification"] != source.classification
     if relabelled:
         _check_classification(changes["classification"])

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def power(roles):
-    return UserFactory(username="pat", groups=["power_user"])
+    # In hr: the API shows a source only to its readers (issue 12 item 1), and pat creates hr sources below.
+    return UserFactory(username="pat", groups=["power_user", "hr"])
 
 
 def test_create_source_through_the_api(power, corpus_dir, django_capture_on_commit_callbacks):
@@ -92,7 +93,11 @@ def test_add_source_command(corpus_dir, roles):
         call_command("add_source", "cli-docs", "--path", str(corpus_dir))
     with pytest.raises(CommandError, match="config.path: a directory path is required"):
         call_command("add_source", "other")
-    with pytest.raises(CommandError, match="config: source path /nowhere/at/all does not exist"):
+    # Inside the allowed roots (FILESYSTEM_SOURCE_ROOTS): a path outside them is refused before it is looked at.
+    missing = corpus_dir.parent.resolve() / "nowhere" / "at" / "all"
+    with pytest.raises(CommandError, match=f"config: source path {missing} does not exist"):
+        call_command("add_source", "other", "--path", str(missing))
+    with pytest.raises(CommandError, match="config.path: must be inside an allowed folder"):
         call_command("add_source", "other", "--path", "/nowhere/at/all")
     with pytest.raises(CommandError, match="not valid JSON"):
         call_command("add_source", "other", "--config", "{nope")

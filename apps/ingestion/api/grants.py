@@ -1,4 +1,7 @@
-"""Grants on sources and documents: list, grant, revoke (capability manage_sources); all through ingestion.grants."""
+"""Grants on sources and documents: list, grant, revoke; all through ingestion.grants.
+
+Only a caller who may read the object and holds ``grant_access`` manages its grants: nobody can hand out (to others
+or to themself) what they cannot read, and an object the caller cannot read answers the 404 of a missing one."""
 
 import uuid
 
@@ -9,24 +12,26 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.access import access_scope
 from apps.accounts.authentication import token_of
 from apps.accounts.models import DocumentRestriction
 from apps.accounts.roles import has_capability
 
 from .. import grants
 from ..models import Document, DocumentAccess, Source
+from ..visibility import readable_sources
 
 
-class ManageSources(BasePermission):
-    message = "Your role does not allow this (capability 'manage_sources')."
+class GrantAccess(BasePermission):
+    message = "Your role does not allow this (capability 'grant_access')."
 
     def has_permission(self, request, view):
         token = token_of(request)
-        if has_capability(request.user, "manage_sources", token):
+        if has_capability(request.user, "grant_access", token):
             return True
-        if token is not None and has_capability(request.user, "manage_sources"):
+        if token is not None and has_capability(request.user, "grant_access"):
             self.message = (f"This API token's scope ({token.scope!r}) does not allow this "
-                            "(capability 'manage_sources').")
+                            "(capability 'grant_access').")
         return False
 
 
@@ -90,9 +95,10 @@ _GRANTEE_PARAMS = [OpenApiParameter("user", str, required=False, description="DE
                    OpenApiParameter("group", str, required=False, description="DELETE: group name")]
 
 class _GrantsView(APIView):
-    permission_classes = [ManageSources]
+    permission_classes = [GrantAccess]
 
     def get_target(self, pk):
+        """The object, if the caller may read it; NotFound otherwise (forbidden and missing look the same)."""
         raise NotImplementedError
 
     def listing(self, target) -> dict:
@@ -127,7 +133,7 @@ class SourceGrantsView(_GrantsView):
     """Users and groups granted to read a source's documents (beside its reader groups)."""
 
     def get_target(self, pk):
-        source = Source.objects.filter(pk=pk).first()
+        source = readable_sources(Source.objects.filter(pk=pk), self.request.user).first()
         if source is None:
             raise NotFound("No source with this id.")
         return source
@@ -136,12 +142,13 @@ class SourceGrantsView(_GrantsView):
         return {**super().listing(target), "reader_groups": list(target.reader_groups.values_list("name", flat=True))}
 
 
-def _document(pk) -> Document:
+def _document(pk, user) -> Document:
     try:
         document_id = uuid.UUID(str(pk))
     except ValueError:
         document_id = None
-    document = Document.objects.select_related("source").filter(pk=document_id).first() if document_id else None
+    readable = Document.objects.readable_by(access_scope(user)).select_related("source")
+    document = readable.filter(pk=document_id).first() if document_id else None
     if document is None:
         raise NotFound("No document with this id.")
     return document
@@ -152,7 +159,7 @@ class DocumentGrantsView(_GrantsView):
     """Users and groups granted to read one document, whatever it inherits; and whether it is restricted."""
 
     def get_target(self, pk):
-        return _document(pk)
+        return _document(pk, self.request.user)
 
     def listing(self, target):
 
@@ -173,13 +180,13 @@ class RestrictRequestSerializer(serializers.Serializer):
 class DocumentRestrictionView(APIView):
     """Narrow a document to its own grants (POST) or let it inherit its readers again (DELETE)."""
 
-    permission_classes = [ManageSources]
+    permission_classes = [GrantAccess]
 
     @extend_schema(request=RestrictRequestSerializer, responses={200: RestrictionSerializer,
                                                                  201: RestrictionSerializer})
     def post(self, request, pk):
 
-        document = _document(pk)
+        document = _document(pk, request.user)
         data = request.data if isinstance(request.data, dict) else {}
         unknown = set(data) - {"reason"}
         if unknown:
@@ -195,7 +202,7 @@ class DocumentRestrictionView(APIView):
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request, pk):
-        document = _document(pk)
+        document = _document(pk, request.user)
         try:
             grants.unrestrict(document, actor=request.user)
         except grants.GrantNotFound as exc:

@@ -21,6 +21,7 @@ from ragsite.api_schema import ErrorSerializer
 from .. import changes, services
 from ..models import Document, Source, SyncRun
 from ..sync import CancelError, allow_mass_delete, cancel_sync, request_sync
+from ..visibility import visible_sources, visible_sync_runs
 from .serializers import (
     DocumentDetailSerializer,
     DocumentSerializer,
@@ -78,9 +79,11 @@ class SourceViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self):
         recent = SyncRun.objects.order_by("-created_at")
-        return Source.objects.prefetch_related(
+        sources = Source.objects.prefetch_related(
             "reader_groups", Prefetch("sync_runs", queryset=recent[:1], to_attr="recent_runs")
         )
+        # Unreadable sources answer 404 like missing ones (DESIGN invariant 5: their metadata names documents).
+        return visible_sources(sources, self.request.user, token_of(self.request))
 
     def perform_create(self, serializer):
         data = serializer.validated_data
@@ -162,7 +165,10 @@ class SyncRunViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [Capability]
     read_capability = "view_sources"
     write_capability = "run_syncs"
-    queryset = SyncRun.objects.select_related("source")
+
+    def get_queryset(self):
+        runs = SyncRun.objects.select_related("source")
+        return visible_sync_runs(runs, self.request.user, token_of(self.request))
 
     @extend_schema(request=None, responses={202: SyncRunSerializer, 409: ErrorSerializer})
     @action(detail=True, methods=["post"])

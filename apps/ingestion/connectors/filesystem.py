@@ -19,6 +19,7 @@ from .base import (
     failing_read,
     reject_unknown,
 )
+from .roots import allowed_roots, check_root
 
 ACCESS_SIDECAR = ".ragsite-access.json"
 # A FIFO, socket or device under the folder: reading one can block for good (a FIFO without a writer) or never end.
@@ -55,7 +56,8 @@ class FileSystemConnector(Connector):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(key, "must be a list of glob patterns")
         reject_unknown(config, {"path", "include", "exclude"}, "a filesystem source")
-        return {**config, "path": str(Path(path).expanduser().resolve())}
+        # Checked here, so on save and again whenever a sync builds the connector (a root may have been removed).
+        return {**config, "path": str(check_root(Path(path).expanduser()))}
 
     @property
     def root(self) -> Path:
@@ -82,12 +84,15 @@ class FileSystemConnector(Connector):
     def documents(self, since=None):
         self.check()
         root = self.root
+        # Sidecars above the source's folder, up to the allowed root holding it, apply too: a source made on a
+        # sub-folder of a restricted tree keeps its restriction.
+        top = next((r for r in allowed_roots() if root.is_relative_to(r)), root)
         sidecars: dict[Path, tuple[tuple[str, ...] | None, str | None]] = {}
 
         def sidecar_for(directory: Path):
             """(groups, classification) of a directory: its sidecar's, each inherited when the sidecar is silent."""
             if directory not in sidecars:
-                inherited = sidecar_for(directory.parent) if directory != root else (None, None)
+                inherited = sidecar_for(directory.parent) if directory not in (top, directory.parent) else (None, None)
                 sidecar = directory / ACCESS_SIDECAR
                 if sidecar.is_file():
                     try:

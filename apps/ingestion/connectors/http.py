@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .base import ConfigError, Connector, ConnectorError, RawDocument, failing_read, reject_unknown
+from .egress import GuardedAdapter, body_excerpt, check_url
 from .rest import cause, check_number, origin, retries_text, where
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def _http_url(key: str, value) -> str:
         raise ConfigError(key, "must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise ConfigError(key, "must not carry credentials; send them in headers (stored encrypted)")
+    check_url(key, value.strip())
     return value.strip()
 
 
@@ -176,7 +177,7 @@ class HttpConnector(Connector):
                 raise_on_status=False,  # the last response comes back, so its status can be reported
             )
             session = requests.Session()
-            adapter = HTTPAdapter(max_retries=retry)
+            adapter = GuardedAdapter(max_retries=retry)  # every connection checked against the egress policy
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers.update({"Accept": "application/json", "User-Agent": "ragsite-connector"})
@@ -198,7 +199,7 @@ class HttpConnector(Connector):
             raise ConnectorError(f"request to {place} failed: {cause(exc)}") from None
         if response.status_code >= 400:
             retried = len(getattr(getattr(response.raw, "retries", None), "history", ()) or ())
-            detail = " ".join(response.text[:200].split())
+            detail = body_excerpt(" ".join(response.text[:200].split()))
             hint = {401: " (check the credentials in headers)", 403: " (the credentials lack access)",
                     404: " (check the URL)"}.get(response.status_code, "")
             after = f" after {retries_text(retried)}" if response.status_code in RETRY_STATUSES else ""
@@ -207,9 +208,10 @@ class HttpConnector(Connector):
         try:
             return response.json()
         except ValueError:
-            start = " ".join(response.text[:80].split())
+            start = body_excerpt(" ".join(response.text[:80].split()))
             content_type = response.headers.get("Content-Type", "no Content-Type")
-            raise ConnectorError(f"{place} did not answer JSON ({content_type}; it starts {start!r})") from None
+            starts = f"; it starts {start!r}" if start else ""
+            raise ConnectorError(f"{place} did not answer JSON ({content_type}{starts})") from None
 
     def _after(self) -> str:
         return f"after {retries_text(self._setting('max_retries'))}"

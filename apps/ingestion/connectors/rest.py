@@ -7,10 +7,10 @@ import json
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .base import ConfigError, ConnectorError, check_number, text_setting  # noqa: F401 (re-exported)
+from .egress import GuardedAdapter, body_excerpt, check_url
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 RETRY_AFTER_MAX = 120  # seconds: Graph and Atlassian ask for up to a couple of minutes when throttling
@@ -42,6 +42,7 @@ def http_url(key: str, value) -> str:
         raise ConfigError(key, "must be an http:// or https:// URL with a host")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ConfigError(key, "must be a plain URL: no credentials, query or fragment")
+    check_url(key, value.strip())
     return value.strip().rstrip("/")
 
 
@@ -80,7 +81,7 @@ class RestClient:
             raise_on_status=False,  # the last response comes back, so its status and body can be reported
         )
         session = requests.Session()
-        adapter = HTTPAdapter(max_retries=retry)
+        adapter = GuardedAdapter(max_retries=retry)  # every connection checked against the egress policy
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update({"Accept": "application/json", "User-Agent": "ragsite-connector"})
@@ -116,10 +117,10 @@ def body_json(response: requests.Response, what: str):
     try:
         return response.json()
     except ValueError:
-        start = " ".join(response.text[:80].split())
+        start = body_excerpt(" ".join(response.text[:80].split()))
         content_type = response.headers.get("Content-Type", "no Content-Type")
-        raise ConnectorError(f"{what} from {where(response.url)} is not JSON ({content_type}; it starts "
-                             f"{start!r})") from None
+        starts = f"; it starts {start!r}" if start else ""
+        raise ConnectorError(f"{what} from {where(response.url)} is not JSON ({content_type}{starts})") from None
 
 
 def short_body(response: requests.Response) -> str:
@@ -128,7 +129,7 @@ def short_body(response: requests.Response) -> str:
         text = json.dumps(response.json(), ensure_ascii=False)
     except ValueError:
         text = response.text
-    return " ".join(text[:200].split())
+    return body_excerpt(" ".join(text[:200].split()))
 
 
 def cause(exc) -> str:
