@@ -182,7 +182,7 @@ def test_a_sub_folder_copy_of_an_open_source_keeps_the_restriction_above_it(pat,
 
 
 def test_power_user_cannot_copy_a_source_with_a_restricted_document(pat, sources_root, roles):
-    from apps.accounts import grants
+    from apps.ingestion import grants
 
     share = write_corpus(sources_root / "share", {"memo.txt": "Quarterly numbers."})
     source = create_source(name="share", config={"path": str(share)})

@@ -84,7 +84,7 @@ def test_readers_and_administrators_see_the_source_and_its_errors(hr_source, per
 
 
 def test_a_grant_on_the_source_makes_it_visible(hr_source, personas):
-    from apps.accounts import grants
+    from apps.ingestion import grants
 
     source, run = hr_source
     client = token_client(personas["bob"])
