@@ -380,6 +380,9 @@ CHUNK_OVERLAP_TOKENS = env.int("CHUNK_OVERLAP_TOKENS", default=40)
 MAX_DOCUMENT_BYTES = env.int("MAX_DOCUMENT_BYTES", default=20 * 1024 * 1024)
 # A running sync whose heartbeat is older than this is declared lost (its worker died) and started again.
 SYNC_STALE_SECONDS = env.int("SYNC_STALE_SECONDS", default=600)
+# A running sync whose heartbeat is older than this (6 heartbeats) is not joined by a new request: it is failed as
+# lost and a new run starts; cancelling it takes effect at once. Raise it where one document can take longer.
+SYNC_LOST_SECONDS = env.int("SYNC_LOST_SECONDS", default=30)
 SEARCH_MAX_TOP_K = 100
 # Weight of the dense side in hybrid search (1 = dense only). See README "Search quality" for how it was chosen.
 SEARCH_HYBRID_ALPHA = env.float("SEARCH_HYBRID_ALPHA", default=0.75)

@@ -19,7 +19,7 @@ from ragsite.api_schema import ErrorSerializer
 
 from .. import changes, services
 from ..models import Document, Source, SyncRun
-from ..sync import CancelError, cancel_sync, request_sync
+from ..sync import CancelError, SyncEnqueueError, cancel_sync, request_sync
 from .serializers import (
     DocumentDetailSerializer,
     DocumentSerializer,
@@ -104,7 +104,8 @@ class SourceViewSet(viewsets.ModelViewSet):
     @extend_schema(
         request=inline_serializer("SyncRequest", {"full": serializers.BooleanField(default=False)}),
         responses={202: inline_serializer("SyncAccepted", {"sync_run_id": serializers.IntegerField(),
-                                                          "created": serializers.BooleanField()})},
+                                                          "created": serializers.BooleanField()}),
+                   503: inline_serializer("SyncNotQueued", {"detail": serializers.CharField()})},
     )
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
@@ -112,7 +113,10 @@ class SourceViewSet(viewsets.ModelViewSet):
         full = request.data.get("full", False) if isinstance(request.data, dict) else False
         if not isinstance(full, bool):
             raise ValidationError({"full": ["Must be true or false."]})
-        run, created = request_sync(source, full=full, trigger="api", user=request.user)
+        try:
+            run, created = request_sync(source, full=full, trigger="api", user=request.user)
+        except SyncEnqueueError as exc:  # the run is marked failed; the caller may retry when the broker is back
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"sync_run_id": run.pk, "created": created}, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
