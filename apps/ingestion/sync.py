@@ -150,6 +150,7 @@ def cancel_sync(run: SyncRun, *, user=None) -> SyncRun:
     elif SyncRun.objects.filter(pk=run.pk, status=SyncRun.RUNNING, heartbeat_at__lt=_lost_before()).update(
         status=SyncRun.CANCELLED, cancel_requested=True, finished_at=now,
         message=f"cancelled; its worker was lost (no heartbeat for {settings.SYNC_LOST_SECONDS} s)",
+        outbox_seq=_outbox_head(),
     ):
         run.refresh_from_db()  # a worker that was only slow finds cancel_requested at its next heartbeat
     elif SyncRun.objects.filter(pk=run.pk, status=SyncRun.RUNNING).update(cancel_requested=True):
@@ -168,7 +169,7 @@ def _restart_lost(lost: Q, message, action: str, trigger: str) -> int:
     restarted = 0
     for run in SyncRun.objects.filter(lost, status=SyncRun.RUNNING).select_related("source"):
         if SyncRun.objects.filter(lost, pk=run.pk, status=SyncRun.RUNNING).update(
-            status=SyncRun.FAILED, finished_at=timezone.now(), message=message(run),
+            status=SyncRun.FAILED, finished_at=timezone.now(), message=message(run), outbox_seq=_outbox_head(),
         ):
             record(action, object_type="source", object_id=run.source_id, data={"sync_run": run.pk})
             request_sync(run.source, full=run.full or run.follow_up_full, trigger=trigger)
@@ -246,13 +247,18 @@ PROGRESS_FIELDS = (
 )
 
 
-def _finish(run: SyncRun, status: str, message: str = "") -> bool:
-    """End an active run. A run someone else already ended (the reaper, a cancel) is left as it is."""
+def _outbox_head() -> int:
+    """Recorded on a run as it ends: everything it wrote is in the outbox by then, and a search after that update
+    refreshes its index at least this far (read-your-writes; see the indexes' refresh_if_due)."""
     from apps.retrieval.outbox import outbox_head
 
+    return outbox_head()
+
+
+def _finish(run: SyncRun, status: str, message: str = "") -> bool:
+    """End an active run. A run someone else already ended (the reaper, a cancel) is left as it is."""
     run.status, run.message, run.finished_at = status, message, timezone.now()
-    # Everything it wrote is in the outbox by now: a search after this update refreshes at least this far.
-    run.outbox_seq = outbox_head()
+    run.outbox_seq = _outbox_head()
     fields = {f: getattr(run, f) for f in (*PROGRESS_FIELDS, "status", "message", "finished_at", "outbox_seq")}
     if not SyncRun.objects.filter(pk=run.pk, status__in=SyncRun.ACTIVE).update(**fields):
         logger.warning("sync run %s had already ended; not marking it %s", run.pk, status)

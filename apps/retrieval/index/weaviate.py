@@ -369,13 +369,30 @@ class WeaviateIndex(VectorIndex):
         from apps.retrieval.models import IndexChange, IndexCursor
 
         now = time.monotonic()
-        if now - self._last_refresh < settings.INDEX_REFRESH_SECONDS or now < self._retry_at:
+        if now < self._retry_at:
+            return
+        if now - self._last_refresh < settings.INDEX_REFRESH_SECONDS:
+            if self._behind_a_finished_sync():
+                # Read-your-writes: a sync ended whose changes the cursor has not passed (the worker could not
+                # reach Weaviate, or another process is applying them now: wait for it rather than skip).
+                self.refresh(wait=True)
             return
         row = IndexCursor.objects.filter(key=self.cursor_key).values("seq").first()
         if row is not None and row["seq"] is not None and not IndexChange.objects.filter(id__gt=row["seq"]).exists():
             self._last_refresh = now
             return
         self.refresh(wait=False)
+
+    def _behind_a_finished_sync(self) -> bool:
+        """One indexed query: has a sync ended past the shared cursor? (None while never loaded: refresh_if_due's
+        timed path imports everything then.)"""
+        from django.db.models import Subquery
+
+        from apps.ingestion.models import SyncRun
+        from apps.retrieval.models import IndexCursor
+
+        cursor = IndexCursor.objects.filter(key=self.cursor_key).values("seq")[:1]
+        return SyncRun.objects.filter(outbox_seq__gt=Subquery(cursor)).exists()
 
     def rebuild(self) -> int:
         from apps.retrieval.models import IndexCursor
