@@ -366,10 +366,10 @@ class EmbeddedIndex(VectorIndex):
     def _behind_a_finished_sync(self) -> bool:
         # One indexed query per search. Not the bare outbox head: during a sync it moves with every document, and
         # each refresh copies the whole matrix, so searches would pay that per document instead of per second.
-        from apps.ingestion.models import SyncRun
+        from apps.retrieval.outbox import synced_through
 
         state = self._state
-        return state is not None and SyncRun.objects.filter(outbox_seq__gt=state.seq).exists()
+        return state is not None and synced_through() > state.seq
 
     def rebuild(self) -> int:
         with self._lock:
