@@ -182,12 +182,13 @@ def reap_stale_runs() -> int:
     was lost. Safe to run on any schedule: claims are conditional updates. Returns the number restarted."""
     from .tasks import sync_source
 
+    cutoff = _stale_before()  # once: the runs requested below are not stale pending runs to re-send
     restarted = _restart_lost(
-        Q(heartbeat_at__lt=_stale_before()),
+        Q(heartbeat_at__lt=cutoff),
         lambda run: f"worker lost: no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC; restarted",
         "sync.reaped", "reaper",
     )
-    for run in SyncRun.objects.filter(status=SyncRun.PENDING, created_at__lt=_stale_before()):
+    for run in SyncRun.objects.filter(status=SyncRun.PENDING, created_at__lt=cutoff):
         sync_source.delay(run.pk)  # the claim makes a duplicate delivery a no-op
         restarted += 1
     # Staging rows of runs that ended (a killed worker leaves them): nothing needs them any more.

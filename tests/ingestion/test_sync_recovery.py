@@ -205,3 +205,14 @@ def test_sync_endpoint_answers_503_when_the_broker_is_unreachable(source, monkey
     assert response.status_code == 503 and "could not be queued: broker unavailable" in response.json()["detail"]
     run = SyncRun.objects.get(source=source)
     assert run.status == "failed" and "broker unavailable" in run.message
+
+
+@pytest.mark.django_db
+def test_sync_source_full_says_a_full_run_follows_the_partial_one_it_found(source, capsys):
+    from django.core.management import call_command
+
+    running = _running(source, heartbeat_age=1)
+    call_command("sync_source", "many", "--full")
+    assert f"sync run #{running.pk} already active (not full); a full run follows it" in capsys.readouterr().out
+    running.refresh_from_db()
+    assert running.follow_up_full and not running.full and SyncRun.objects.count() == 1
