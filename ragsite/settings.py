@@ -440,6 +440,9 @@ SYNC_STALE_SECONDS = env.int("SYNC_STALE_SECONDS", default=600)
 # "allow_mass_delete": true on POST sources/{id}/sync/): an emptied folder is more often an unmounted share.
 SYNC_PRUNE_MAX_FRACTION = env.float("SYNC_PRUNE_MAX_FRACTION", default=0.5)
 SYNC_PRUNE_MIN_DOCUMENTS = env.int("SYNC_PRUNE_MIN_DOCUMENTS", default=10)
+# A running sync whose heartbeat is older than this (6 heartbeats) is not joined by a new request: it is failed as
+# lost and a new run starts; cancelling it takes effect at once. Raise it where one document can take longer.
+SYNC_LOST_SECONDS = env.int("SYNC_LOST_SECONDS", default=30)
 SEARCH_MAX_TOP_K = 100
 # Weight of the dense side in hybrid search (1 = dense only). See README "Search quality" for how it was chosen.
 SEARCH_HYBRID_ALPHA = env.float("SEARCH_HYBRID_ALPHA", default=0.75)

@@ -9,13 +9,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def start_worker(env: dict, log_path: Path, timeout=90, concurrency=1) -> subprocess.Popen:
+def start_worker(env: dict, log_path: Path, timeout=90, concurrency=1, name: str | None = None) -> subprocess.Popen:
     """Start `celery worker` on all four queues with ``concurrency`` pool processes and return once it has logged
-    that it is ready (connected and consuming)."""
+    that it is ready (connected and consuming). ``name``: its node name (default: a new unique one), so a test
+    can restart "the same" worker."""
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    name = name or f"pytest-{os.getpid()}-{time.monotonic_ns()}@%h"
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "ragsite", "worker", "-Q", "ingestion,embedding,compliance,maintenance",
-         "--concurrency", str(concurrency), "-n", f"pytest-{os.getpid()}-{time.monotonic_ns()}@%h", "-l", "INFO",
+         "--concurrency", str(concurrency), "-n", name, "-l", "INFO",
          "--without-gossip", "--without-mingle"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so a test can SIGKILL the pool children too

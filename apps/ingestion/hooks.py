@@ -18,6 +18,23 @@ documents_changed = Signal()
 writes_committed = Signal()
 
 
+_outbox_position = None
+
+
+def register_outbox_position(provider) -> None:
+    """The retrieval app registers how far its index outbox has got (a callable returning an int)."""
+    global _outbox_position
+    _outbox_position = provider
+
+
+def outbox_position() -> int:
+    """How far the index outbox has got: recorded on a sync run as it ends, so a search after it can tell that its
+    index is behind what the run wrote (read-your-writes)."""
+    if _outbox_position is None:
+        raise ImproperlyConfigured("no outbox position registered (is apps.retrieval installed?)")
+    return _outbox_position()
+
+
 def announce_changes(document_ids) -> None:
     """Tell the receivers, in the caller's transaction, that these documents changed."""
     if not documents_changed.has_listeners():

@@ -200,6 +200,16 @@ class SyncRun(models.Model):
     embedding_max_in_flight = models.PositiveIntegerField(
         default=0, help_text="Most batches it had outstanding at once (bounded by EMBEDDING_MAX_IN_FLIGHT)",
     )
+    follow_up_full = models.BooleanField(
+        default=False, help_text="A full sync was requested while it ran: the run that follows it is full",
+    )
+    claimed_by = models.CharField(
+        max_length=255, blank=True, help_text="The Celery worker (hostname) that claimed it; empty: run in-process",
+    )
+    outbox_seq = models.BigIntegerField(
+        null=True, blank=True, db_index=True,
+        help_text="The index outbox head when it ended: a search after that refreshes its index at least this far",
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -4,9 +4,10 @@ from . import batching, sync
 from .models import Source
 
 
-@shared_task(name="ingestion.sync_source", acks_late=True)
-def sync_source(sync_run_id: int):
-    sync.run_sync(sync_run_id)
+@shared_task(name="ingestion.sync_source", bind=True, acks_late=True)
+def sync_source(self, sync_run_id: int):
+    # The worker's name goes on the run, so this worker's next start knows the run died with it.
+    sync.run_sync(sync_run_id, worker=self.request.hostname or "")
 
 
 @shared_task(name="embedding.embed_batch", bind=True, acks_late=True)

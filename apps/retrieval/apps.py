@@ -14,3 +14,5 @@ class RetrievalConfig(AppConfig):
 
         hooks.documents_changed.connect(outbox.on_documents_changed, dispatch_uid="retrieval.outbox")
         hooks.writes_committed.connect(refresh_after_commit, dispatch_uid="retrieval.refresh_index")
+        # Recorded on each sync run as it ends, so a search can tell that its index is behind it (read-your-writes).
+        hooks.register_outbox_position(outbox.outbox_head)

@@ -1,6 +1,5 @@
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import transaction
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
@@ -20,7 +19,7 @@ from ragsite.api_schema import ErrorSerializer
 
 from .. import changes, services
 from ..models import Document, Source, SyncRun
-from ..sync import CancelError, allow_mass_delete, cancel_sync, request_sync
+from ..sync import CancelError, SyncEnqueueError, cancel_sync, request_sync
 from ..visibility import visible_sources, visible_sync_runs
 from .serializers import (
     DocumentDetailSerializer,
@@ -109,7 +108,8 @@ class SourceViewSet(viewsets.ModelViewSet):
         request=inline_serializer("SyncRequest", {"full": serializers.BooleanField(default=False),
                                                   "allow_mass_delete": serializers.BooleanField(default=False)}),
         responses={202: inline_serializer("SyncAccepted", {"sync_run_id": serializers.IntegerField(),
-                                                          "created": serializers.BooleanField()})},
+                                                          "created": serializers.BooleanField()}),
+                   503: inline_serializer("SyncNotQueued", {"detail": serializers.CharField()})},
     )
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
@@ -120,10 +120,11 @@ class SourceViewSet(viewsets.ModelViewSet):
         confirmed = request.data.get("allow_mass_delete", False) if isinstance(request.data, dict) else False
         if not isinstance(confirmed, bool):
             raise ValidationError({"allow_mass_delete": ["Must be true or false."]})
-        with transaction.atomic():  # the worker starts on commit, with the confirmation already on the run
-            run, created = request_sync(source, full=full, trigger="api", user=request.user)
-            if confirmed:
-                allow_mass_delete(run, user=request.user)
+        try:
+            run, created = request_sync(source, full=full, trigger="api", user=request.user,
+                                        allow_mass_delete=confirmed)
+        except SyncEnqueueError as exc:  # the run is marked failed; the caller may retry when the broker is back
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"sync_run_id": run.pk, "created": created}, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

@@ -338,8 +338,18 @@ class EmbeddedIndex(VectorIndex):
             self._last_refresh = time.monotonic()
 
     def refresh_if_due(self) -> None:
-        if time.monotonic() - self._last_refresh >= settings.INDEX_REFRESH_SECONDS:
+        """Refresh every INDEX_REFRESH_SECONDS, and at once when a sync has ended that this index has not caught up
+        with (read-your-writes: `sync_source --wait`, then a search, finds what it wrote)."""
+        if time.monotonic() - self._last_refresh >= settings.INDEX_REFRESH_SECONDS or self._behind_a_finished_sync():
             self.refresh()
+
+    def _behind_a_finished_sync(self) -> bool:
+        # One indexed query per search. Not the bare outbox head: during a sync it moves with every document, and
+        # each refresh copies the whole matrix, so searches would pay that per document instead of per second.
+        from apps.retrieval.outbox import synced_through
+
+        state = self._state
+        return state is not None and synced_through() > state.seq
 
     def rebuild(self) -> int:
         with self._lock:

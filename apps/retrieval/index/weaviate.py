@@ -137,6 +137,7 @@ class WeaviateIndex(VectorIndex):
         self._last_error = ""
         self._last_refresh = 0.0
         self._retry_at = 0.0
+        self._known_seq = 0  # the shared cursor's position when this process last read or moved it
         self.failed_objects = 0  # rejected by Weaviate since this process started
         self.last_failures: list[dict] = []  # [{document_id, error}] of the latest refresh
 
@@ -333,6 +334,7 @@ class WeaviateIndex(VectorIndex):
     def _reset_cursor(self):
         from apps.retrieval.models import IndexCursor
 
+        self._known_seq = 0
         IndexCursor.objects.filter(key=self.cursor_key).update(seq=None)
 
     # --- keeping current -----------------------------------------------------------------------------------
@@ -359,6 +361,7 @@ class WeaviateIndex(VectorIndex):
                     self._import_all(cursor)
                 else:
                     self._apply_outbox(cursor)
+                self._known_seq = cursor.seq or 0
         finally:
             self._apply_lock.release()
         self._last_refresh = time.monotonic()
@@ -370,13 +373,32 @@ class WeaviateIndex(VectorIndex):
         from apps.retrieval.models import IndexChange, IndexCursor
 
         now = time.monotonic()
-        if now - self._last_refresh < settings.INDEX_REFRESH_SECONDS or now < self._retry_at:
+        if now < self._retry_at:
+            return
+        if now - self._last_refresh < settings.INDEX_REFRESH_SECONDS:
+            if self._behind_a_finished_sync():
+                # Read-your-writes: a sync ended whose changes the cursor has not passed (the worker could not
+                # reach Weaviate, or another process is applying them now: wait for it rather than skip).
+                self.refresh(wait=True)
             return
         row = IndexCursor.objects.filter(key=self.cursor_key).values("seq").first()
         if row is not None and row["seq"] is not None and not IndexChange.objects.filter(id__gt=row["seq"]).exists():
             self._last_refresh = now
             return
         self.refresh(wait=False)
+
+    def _behind_a_finished_sync(self) -> bool:
+        """Has a sync ended past the shared cursor? One index probe per search; the cursor row is read only when
+        an ended sync is past where this process last saw it (a never-loaded cursor is left to the timed path)."""
+        from apps.retrieval.models import IndexCursor
+        from apps.retrieval.outbox import synced_through
+
+        synced = synced_through()
+        if synced <= self._known_seq:
+            return False
+        seq = IndexCursor.objects.filter(key=self.cursor_key).values_list("seq", flat=True).first()
+        self._known_seq = max(self._known_seq, seq or 0)
+        return seq is not None and synced > seq
 
     def rebuild(self) -> int:
         from apps.retrieval.models import IndexCursor
@@ -387,6 +409,7 @@ class WeaviateIndex(VectorIndex):
             cursor = IndexCursor.objects.select_for_update().get(key=self.cursor_key)
             self.last_failures = []
             count = self._import_all(cursor)
+            self._known_seq = cursor.seq or 0
         self._last_refresh = time.monotonic()
         return count
 

@@ -1,12 +1,10 @@
 import time
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 from tqdm import tqdm
 
 from apps.ingestion.models import Source, SyncRun
-from apps.ingestion.sync import allow_mass_delete as confirm_mass_delete
-from apps.ingestion.sync import request_sync
+from apps.ingestion.sync import SyncEnqueueError, request_sync
 
 
 class Command(BaseCommand):
@@ -24,13 +22,37 @@ class Command(BaseCommand):
         source = Source.objects.filter(name=name).first()
         if source is None:
             raise CommandError(f"no source named {name!r}")
-        with transaction.atomic():  # the worker starts on commit, with the confirmation already on the run
-            run, created = request_sync(source, full=full, trigger="cli")
-            if allow_mass_delete:
-                confirm_mass_delete(run)
-        self.stdout.write(f"sync run #{run.pk} {'queued' if created else 'already active; following it'}")
+        try:
+            run, created = request_sync(source, full=full, trigger="cli", allow_mass_delete=allow_mass_delete)
+        except SyncEnqueueError as exc:
+            raise CommandError(str(exc)) from None  # one line; the run is marked failed, not left pending
+        joined = "already active; following it"
+        if full and not created and not run.full:
+            joined = "already active (not full); a full run follows it"
+        self.stdout.write(f"sync run #{run.pk} {'queued' if created else joined}")
         if not wait:
             return
+        run = self._follow(run, timeout)
+        if run.follow_up_full and not run.full:
+            run = self._follow(self._next_run(run, timeout), timeout)
+        for error in run.errors:
+            self.stdout.write(f"  failed: {error['item']}: {error['reason']}")
+        if run.status == SyncRun.FAILED:
+            raise CommandError(f"sync run #{run.pk} failed: {run.message}")
+        self.stdout.write(f"sync run #{run.pk} {run.status}; chunks embedded {run.chunks_embedded}, "
+                          f"cache hits {run.embedding_cache_hits}")
+
+    def _next_run(self, run, timeout):
+        """The run requested when ``run`` ended (its full follow-up), which the worker creates right after."""
+        deadline = time.monotonic() + timeout
+        while (after := SyncRun.objects.filter(source_id=run.source_id, pk__gt=run.pk).order_by("pk").first()) is None:
+            if time.monotonic() > deadline:
+                raise CommandError(f"sync run #{run.pk} ended but the full run to follow it was not requested")
+            time.sleep(0.2)
+        self.stdout.write(f"sync run #{run.pk} {run.status}; following the full run #{after.pk}")
+        return after
+
+    def _follow(self, run, timeout):
         deadline = time.monotonic() + timeout
         # A progress bar on a terminal; plain lines when the output is a file or a pipe.
         bar = tqdm(desc=f"sync #{run.pk}", unit=" docs", file=self.stdout._out, disable=not self.stdout.isatty())
@@ -56,9 +78,4 @@ class Command(BaseCommand):
                 time.sleep(0.5)
         if not bar.disable:
             self.stdout.write(last)
-        for error in run.errors:
-            self.stdout.write(f"  failed: {error['item']}: {error['reason']}")
-        if run.status == SyncRun.FAILED:
-            raise CommandError(f"sync run #{run.pk} failed: {run.message}")
-        self.stdout.write(f"sync run #{run.pk} {run.status}; chunks embedded {run.chunks_embedded}, "
-                          f"cache hits {run.embedding_cache_hits}")
+        return run
