@@ -287,12 +287,20 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "EXCEPTION_HANDLER": "ragsite.api_errors.exception_handler",
+    # JSON bodies bounded in depth, free of NUL and objects at the top (ragsite/parsers.py): bad input is a 400.
+    "DEFAULT_PARSER_CLASSES": [
+        "ragsite.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_THROTTLE_CLASSES": ["apps.accounts.throttling.ScopedThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "search": env.str("SEARCH_THROTTLE_RATE", default="600/min"),  # per user
         "search_token": env.str("SEARCH_TOKEN_THROTTLE_RATE", default="300/min"),  # per API token
     },
 }
+# Deepest nesting a JSON request body may have (sources' configs are a few levels deep); past it, a 400.
+API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=32)
 SPECTACULAR_SETTINGS = {
     "TITLE": "ragsite API",
     "DESCRIPTION": "Permission-aware retrieval over a company's own documents.",

@@ -6,7 +6,6 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.generics import get_object_or_404
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -16,6 +15,7 @@ from apps.accounts.authentication import token_of
 from apps.accounts.roles import has_capability
 from apps.compliance.audit import client_ip, record
 from ragsite.api_schema import ErrorSerializer
+from ragsite.parsers import BoundedJSONParser
 
 from .. import changes, services
 from ..models import Document, Source, SyncRun
@@ -69,7 +69,7 @@ class SourceViewSet(viewsets.ModelViewSet):
     serializer_class = SourceSerializer
     # JSON only: `config` is a nested object and `full` a boolean, which a form post cannot carry (a form's
     # "true" was refused as not a boolean, its config as not an object; found by tests/test_api_schema.py).
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     permission_classes = [Capability]
     read_capability = "view_sources"
     write_capability = "manage_sources"
