@@ -14,6 +14,7 @@ ERROR_DESCRIPTIONS = {
     "401": "No credentials, or credentials that are invalid, expired or revoked",
     "403": "Signed in, but the role or the token's scope does not allow this",
     "404": "No such object, or one the caller may not see (the same answer for both)",
+    "413": "The body is over the size limit (DATA_UPLOAD_MAX_MEMORY_SIZE)",
     "415": "The body is not in a media type the operation accepts",
     "429": "Throttled: try again after `Retry-After` seconds",
     "503": "Unavailable: the rate limiter's Redis or the search index did not answer; try again shortly",
@@ -47,7 +48,7 @@ class AutoSchema(openapi.AutoSchema):
         if any(p["in"] == "path" for p in parameters):
             codes.append("404")
         if operation.get("requestBody"):
-            codes.append("415")
+            codes += ["413", "415"]
         if self._is_throttled():
             codes += ["429", "503"]
         return codes
@@ -58,6 +59,14 @@ class AutoSchema(openapi.AutoSchema):
         # The default throttle is scoped: it counts only on views that name a throttle_scope.
         return any(getattr(self.view, "throttle_scope", None) if isinstance(throttle, ScopedThrottle) else True
                    for throttle in self.view.get_throttles())
+
+    def _map_basic_serializer(self, serializer, direction):
+        from ragsite.serializers import RejectUnknownFields
+
+        schema = super()._map_basic_serializer(serializer, direction)
+        if direction == "request" and isinstance(serializer, RejectUnknownFields):
+            schema["additionalProperties"] = False  # the server refuses other keys with a 400
+        return schema
 
     def _map_serializer_field(self, field, direction, bypass_extensions=False):
         schema = super()._map_serializer_field(field, direction, bypass_extensions)

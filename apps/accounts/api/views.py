@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.ingestion.models import Document, Source
+from ragsite.serializers import RejectUnknownFields
 
 from .. import grants
 from ..authentication import token_of
@@ -29,7 +30,7 @@ class ManageSources(BasePermission):
         return False
 
 
-class GranteeSerializer(serializers.Serializer):
+class GranteeSerializer(RejectUnknownFields, serializers.Serializer):
     user = serializers.CharField(required=False, help_text="Username (or numeric id) to grant to or revoke from")
     group = serializers.CharField(required=False, help_text="Group name to grant to or revoke from")
 
@@ -167,7 +168,7 @@ class DocumentGrantsView(_GrantsView):
         }
 
 
-class RestrictRequestSerializer(serializers.Serializer):
+class RestrictRequestSerializer(RejectUnknownFields, serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
 
 

@@ -24,6 +24,7 @@ from .serializers import (
     DocumentDetailSerializer,
     DocumentSerializer,
     SourceSerializer,
+    SyncRequestSerializer,
     SyncRunSerializer,
     WebhookAcceptedSerializer,
     WebhookDeliverySerializer,
@@ -102,17 +103,16 @@ class SourceViewSet(viewsets.ModelViewSet):
         services.delete_source(instance, user=self.request.user)
 
     @extend_schema(
-        request=inline_serializer("SyncRequest", {"full": serializers.BooleanField(default=False)}),
+        request=SyncRequestSerializer,
         responses={202: inline_serializer("SyncAccepted", {"sync_run_id": serializers.IntegerField(),
                                                           "created": serializers.BooleanField()})},
     )
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
         source = self.get_object()
-        full = request.data.get("full", False) if isinstance(request.data, dict) else False
-        if not isinstance(full, bool):
-            raise ValidationError({"full": ["Must be true or false."]})
-        run, created = request_sync(source, full=full, trigger="api", user=request.user)
+        params = SyncRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        run, created = request_sync(source, full=params.validated_data["full"], trigger="api", user=request.user)
         return Response({"sync_run_id": run.pk, "created": created}, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
