@@ -5,10 +5,11 @@ from collections.abc import Mapping
 from rest_framework import serializers
 
 
+# Mix into a request serializer: a key it does not take is a 400 naming the key, not silently dropped (a mistyped
+# `topk` used to give ten results without a word). The schema says so too: ragsite.api_schema writes
+# `additionalProperties: false` for these serializers' request bodies. (A comment, not a docstring: drf-spectacular
+# would show a docstring as the description of every serializer that has none of its own.)
 class RejectUnknownFields:
-    """Mix into a request serializer: a key it does not take is a 400 naming the key, not silently dropped (a
-    mistyped `topk` used to give ten results without a word). The schema says so too: ragsite.api_schema writes
-    `additionalProperties: false` for these serializers' request bodies."""
 
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
