@@ -6,6 +6,8 @@ drf-spectacular documents only the success response of each operation, yet every
 fuzzer (tests/test_api_schema.py runs schemathesis), needs them listed.
 """
 
+import copy
+
 from drf_spectacular import openapi
 from rest_framework import serializers
 
@@ -75,4 +77,27 @@ class AutoSchema(openapi.AutoSchema):
                 and field.trim_whitespace and schema.get("type") == "string"
                 and not ({"pattern", "format", "enum"} & schema.keys())):
             schema["pattern"] = r"\S"
+        if direction == "request":
+            schema = _without_nul(copy.deepcopy(schema))  # extend_schema_field's dicts are shared: copy first
         return schema
+
+
+NO_NUL = r"^[^\u0000]*$"
+NON_BLANK_NO_NUL = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+
+
+def _without_nul(schema):
+    """No string in a request body may hold NUL (ragsite/parsers.py refuses it: PostgreSQL cannot store one); the
+    schema says so, or a fuzzer's schema-valid case with a NUL would be a valid request refused."""
+    if isinstance(schema, list):
+        return [_without_nul(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: _without_nul(value) for key, value in schema.items()}
+    if schema.get("type") == "string" and not ({"format", "enum"} & schema.keys()):
+        pattern = schema.get("pattern")
+        if pattern is None:
+            schema["pattern"] = NO_NUL
+        elif pattern == r"\S":
+            schema["pattern"] = NON_BLANK_NO_NUL
+    return schema

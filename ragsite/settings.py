@@ -299,6 +299,8 @@ REST_FRAMEWORK = {
         "search_token": env.str("SEARCH_TOKEN_THROTTLE_RATE", default="300/min"),  # per API token
     },
 }
+# A NUL in the query string is a 400 before any view runs (ragsite/middleware.py), as one in a body is.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.common.CommonMiddleware"), "ragsite.middleware.RefuseNulInQuery")
 # Deepest nesting a JSON request body may have (sources' configs are a few levels deep); past it, a 400.
 API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=32)
 SPECTACULAR_SETTINGS = {

@@ -6,6 +6,7 @@ refusal comes from checking the input, not from a missing capability.
 
 import json
 import time
+from urllib.parse import urlencode
 
 import pytest
 from rest_framework.test import APIClient
@@ -182,3 +183,22 @@ def test_a_body_over_the_limit_is_a_json_413(indexed_source, client, settings, p
     url = "/api/v1/" + path.format(source=indexed_source.pk)
     response = post_raw(client, url, json.dumps({"query": "x" * 10_000}))
     assert "DATA_UPLOAD_MAX_MEMORY_SIZE" in refused(response, status=413)
+
+
+# --- grantees -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("grantee", [{"user": "²"}, {"user": "١٢"}, {"group": "hr\x00"}])
+def test_a_grantee_that_is_no_user_is_a_400(indexed_source, client, grantee):
+    url = f"/api/v1/sources/{indexed_source.pk}/grants/"
+    assert refused(client.post(url, grantee, format="json")).startswith(next(iter(grantee)))
+    assert refused(client.delete(url + "?" + urlencode(grantee))).startswith(next(iter(grantee)))
+
+
+def test_a_nul_in_an_admin_search_is_a_400(admin_user, indexed_source):
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(admin_user)
+    assert browser.get("/admin/ingestion/source/", {"q": "handbook"}).status_code == 200
+    response = browser.get("/admin/ingestion/source/", {"q": "hand\x00book"})
+    assert response.status_code == 400 and b"NUL" in response.content
