@@ -287,12 +287,10 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "EXCEPTION_HANDLER": "ragsite.api_errors.exception_handler",
-    # JSON bodies bounded in depth, free of NUL and objects at the top (ragsite/parsers.py): bad input is a 400.
-    "DEFAULT_PARSER_CLASSES": [
-        "ragsite.parsers.BoundedJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # Bodies are JSON, bounded in depth, free of NUL and objects at the top (ragsite/parsers.py): bad input is a
+    # 400. No form parsers: a form's values skipped those checks (a NUL in a multipart "reason" was a 500), and a
+    # form cannot carry the nested objects and booleans the API takes; any other media type is a 415.
+    "DEFAULT_PARSER_CLASSES": ["ragsite.parsers.BoundedJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["apps.accounts.throttling.ScopedThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "search": env.str("SEARCH_THROTTLE_RATE", default="600/min"),  # per user
