@@ -1,3 +1,7 @@
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from rest_framework import status
+from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 
@@ -12,12 +16,22 @@ def _first_message(errors, path=""):
 
 def exception_handler(exc, context):
     """DRF's handler, plus a top-level "detail" naming the first bad field, so every 4xx carries one message."""
-    response = drf_exception_handler(exc, context)
+    response = _request_limits(exc) or drf_exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict) and "detail" not in response.data:
         response.data = {"detail": _first_message(response.data), "errors": response.data}
     elif response is not None and isinstance(response.data, list):
         response.data = {"detail": _first_message(response.data), "errors": response.data}
     return response
+
+
+def _request_limits(exc) -> Response | None:
+    """Django's own request limits, raised while DRF reads the body: left to Django they became its HTML 400 page."""
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": f"body: over the {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,}-byte limit "
+                                   "(DATA_UPLOAD_MAX_MEMORY_SIZE)"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return Response({"detail": f"body: {exc}"}, status=status.HTTP_400_BAD_REQUEST)
+    return None
 
 
 def not_found(request, exception):

@@ -333,12 +333,20 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "EXCEPTION_HANDLER": "ragsite.api_errors.exception_handler",
+    # Bodies are JSON, bounded in depth, free of NUL and objects at the top (ragsite/parsers.py): bad input is a
+    # 400. No form parsers: a form's values skipped those checks (a NUL in a multipart "reason" was a 500), and a
+    # form cannot carry the nested objects and booleans the API takes; any other media type is a 415.
+    "DEFAULT_PARSER_CLASSES": ["ragsite.parsers.BoundedJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["apps.accounts.throttling.ScopedThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "search": env.str("SEARCH_THROTTLE_RATE", default="600/min"),  # per user
         "search_token": env.str("SEARCH_TOKEN_THROTTLE_RATE", default="300/min"),  # per API token
     },
 }
+# A NUL in the query string is a 400 before any view runs (ragsite/middleware.py), as one in a body is.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.common.CommonMiddleware"), "ragsite.middleware.RefuseNulInQuery")
+# Deepest nesting a JSON request body may have (sources' configs are a few levels deep); past it, a 400.
+API_JSON_MAX_DEPTH = env.int("API_JSON_MAX_DEPTH", default=32)
 SPECTACULAR_SETTINGS = {
     "TITLE": "ragsite API",
     "DESCRIPTION": "Permission-aware retrieval over a company's own documents.",

@@ -16,7 +16,6 @@ behind and its retry is not mistaken for a replay; and the one-machine SQLite st
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -30,6 +29,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.compliance.audit import record
+from ragsite import parsers
 from ragsite.errors import FieldError
 
 from .connectors import WEBHOOK_SECRET
@@ -255,7 +255,7 @@ def receive_webhook(source: Source, body: bytes, headers, *, ip=None, now: float
         raise _refuse(source, ip, 409, "disabled", f"source {source.name!r} is disabled")
     try:
         try:
-            payload = json.loads(body)
+            payload = parsers.loads(body)  # bounded: nesting and NUL are a 400, never a 500
         except (ValueError, UnicodeDecodeError) as exc:
             raise WebhookInvalid("body", f"not valid JSON: {exc}") from None
         events = parse_events(payload, push=source.kind == "push")

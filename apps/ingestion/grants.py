@@ -286,7 +286,8 @@ def resolve_user(value):
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         raise GrantError("user", "must be a username or a user id")
     user = User.objects.filter(**{User.USERNAME_FIELD: str(value)}).first()
-    if user is None and (isinstance(value, int) or str(value).isdigit()):
+    # isascii: "²".isdigit() is true, yet int("²") raises (was a 500)
+    if user is None and (isinstance(value, int) or (str(value).isascii() and str(value).isdigit())):
         user = User.objects.filter(pk=int(value)).first()
     if user is None:
         raise GrantError("user", f"no user {value!r}")

@@ -3,7 +3,7 @@
 import json
 
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils.text import slugify
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
@@ -157,6 +157,16 @@ def _check_classification(value):
         raise SourceError("classification", f"must be one of {', '.join(CLASSIFICATIONS)}")
 
 
+def _new_name(source: Source, name) -> str:
+    """A rename is made a slug, like a new name (the model would save "!!!" as ""), and may not take another's."""
+    name = slugify(name)
+    if not name:
+        raise SourceError("name", "must contain letters or digits")
+    if Source.objects.filter(name=name).exclude(pk=source.pk).exists():
+        raise SourceError("name", f"a source named {name!r} already exists")
+    return name
+
+
 def update_source(source: Source, *, user=None, **changes):
     kind = changes.get("kind", source.kind)
     config = changes.get("config", source.config)
@@ -164,6 +174,8 @@ def update_source(source: Source, *, user=None, **changes):
     config = validate_source(kind, config, schedule, stored=source.config)
     _check_overlap(kind, config, user, source)
     relabelled = "classification" in changes and changes["classification"] != source.classification
+    if "name" in changes:
+        changes["name"] = _new_name(source, changes["name"])
     if relabelled:
         _check_classification(changes["classification"])
     with transaction.atomic():
@@ -171,7 +183,11 @@ def update_source(source: Source, *, user=None, **changes):
             if field in changes:
                 setattr(source, field, changes[field])
         source.kind, source.config, source.schedule = kind, config, schedule
-        source.save()
+        try:
+            with transaction.atomic():  # a savepoint: a rename racing another to the same name is a 400 too
+                source.save()
+        except IntegrityError:
+            raise SourceError("name", f"a source named {source.name!r} already exists") from None
         if "groups" in changes:
             source.reader_groups.set(_groups(changes["groups"]))
         apply_schedule(source)

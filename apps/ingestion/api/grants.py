@@ -16,6 +16,7 @@ from apps.accounts.access import access_scope
 from apps.accounts.authentication import token_of
 from apps.accounts.models import DocumentRestriction
 from apps.accounts.roles import has_capability
+from ragsite.serializers import RejectUnknownFields
 
 from .. import grants
 from ..models import Document, DocumentAccess, Source
@@ -35,7 +36,7 @@ class GrantAccess(BasePermission):
         return False
 
 
-class GranteeSerializer(serializers.Serializer):
+class GranteeSerializer(RejectUnknownFields, serializers.Serializer):
     user = serializers.CharField(required=False, help_text="Username (or numeric id) to grant to or revoke from")
     group = serializers.CharField(required=False, help_text="Group name to grant to or revoke from")
 
@@ -172,7 +173,7 @@ class DocumentGrantsView(_GrantsView):
         }
 
 
-class RestrictRequestSerializer(serializers.Serializer):
+class RestrictRequestSerializer(RejectUnknownFields, serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
 
 

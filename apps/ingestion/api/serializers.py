@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from ragsite.serializers import RejectUnknownFields, StrictBooleanField
+
 from ..changes import EVENT_TYPES, PUSH_CONTENT_TYPES
 from ..models import Chunk, Document, Source, SyncRun
 from ..secrets import mask_config
@@ -17,7 +19,7 @@ class SyncRunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class SourceSerializer(serializers.ModelSerializer):
+class SourceSerializer(RejectUnknownFields, serializers.ModelSerializer):
     name = serializers.CharField(max_length=100, help_text="Made into a slug: 'Team Docs' becomes 'team-docs'")
     groups = serializers.ListField(child=serializers.CharField(), required=False, source="group_names")
     latest_sync = serializers.SerializerMethodField()
@@ -40,6 +42,12 @@ class SourceSerializer(serializers.ModelSerializer):
         data = super().to_representation(source)
         data["config"] = mask_config(source.config)  # secrets go out neither in clear nor encrypted
         return data
+
+
+class SyncRequestSerializer(RejectUnknownFields, serializers.Serializer):
+    full = StrictBooleanField(default=False, help_text="re-read every document, not only what changed")
+    allow_mass_delete = StrictBooleanField(default=False, help_text="confirm a run that would delete more than "
+                                           "SYNC_PRUNE_MAX_FRACTION of the source's documents (the prune guard)")
 
 
 class DocumentSerializer(serializers.ModelSerializer):

@@ -6,7 +6,6 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.generics import get_object_or_404
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -16,6 +15,7 @@ from apps.accounts.authentication import token_of
 from apps.accounts.roles import has_capability
 from apps.compliance.audit import client_ip, record
 from ragsite.api_schema import ErrorSerializer
+from ragsite.parsers import BoundedJSONParser
 
 from .. import changes, services
 from ..models import Document, Source, SyncRun
@@ -25,6 +25,7 @@ from .serializers import (
     DocumentDetailSerializer,
     DocumentSerializer,
     SourceSerializer,
+    SyncRequestSerializer,
     SyncRunSerializer,
     WebhookAcceptedSerializer,
     WebhookDeliverySerializer,
@@ -70,7 +71,7 @@ class SourceViewSet(viewsets.ModelViewSet):
     serializer_class = SourceSerializer
     # JSON only: `config` is a nested object and `full` a boolean, which a form post cannot carry (a form's
     # "true" was refused as not a boolean, its config as not an object; found by tests/test_api_schema.py).
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     permission_classes = [Capability]
     read_capability = "view_sources"
     write_capability = "manage_sources"
@@ -105,8 +106,7 @@ class SourceViewSet(viewsets.ModelViewSet):
         services.delete_source(instance, user=self.request.user)
 
     @extend_schema(
-        request=inline_serializer("SyncRequest", {"full": serializers.BooleanField(default=False),
-                                                  "allow_mass_delete": serializers.BooleanField(default=False)}),
+        request=SyncRequestSerializer,
         responses={202: inline_serializer("SyncAccepted", {"sync_run_id": serializers.IntegerField(),
                                                           "created": serializers.BooleanField()}),
                    503: inline_serializer("SyncNotQueued", {"detail": serializers.CharField()})},
@@ -114,15 +114,11 @@ class SourceViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def sync(self, request, pk=None):
         source = self.get_object()
-        full = request.data.get("full", False) if isinstance(request.data, dict) else False
-        if not isinstance(full, bool):
-            raise ValidationError({"full": ["Must be true or false."]})
-        confirmed = request.data.get("allow_mass_delete", False) if isinstance(request.data, dict) else False
-        if not isinstance(confirmed, bool):
-            raise ValidationError({"allow_mass_delete": ["Must be true or false."]})
+        params = SyncRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
         try:
-            run, created = request_sync(source, full=full, trigger="api", user=request.user,
-                                        allow_mass_delete=confirmed)
+            run, created = request_sync(source, full=params.validated_data["full"], trigger="api", user=request.user,
+                                        allow_mass_delete=params.validated_data["allow_mass_delete"])
         except SyncEnqueueError as exc:  # the run is marked failed; the caller may retry when the broker is back
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
         return Response({"sync_run_id": run.pk, "created": created}, status=status.HTTP_202_ACCEPTED)

@@ -4,15 +4,19 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.compliance.labels import CLASSIFICATIONS
+from ragsite.serializers import RejectUnknownFields
 
 from ..answer import ANSWER_DEFAULT_SENTENCES, ANSWER_DEFAULT_TOP_K, ANSWER_MAX_SENTENCES, ANSWER_MAX_TOP_K
 from ..search import SEARCH_MAX_WINDOW
 
+# A longer list was passed to the database whole (SQLite: "too many SQL variables", a 500); no one names more.
+FILTER_MAX_SOURCES = 1000
+
 
 # The schema states what search.parse_filters accepts (tests/test_api_schema.py holds the server to it).
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "integer"},
-                                {"type": "array", "minItems": 1, "items": {"oneOf": [{"type": "string"},
-                                                                                     {"type": "integer"}]}}]})
+                                {"type": "array", "minItems": 1, "maxItems": FILTER_MAX_SOURCES,
+                                 "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}]})
 class SourceRefField(serializers.JSONField):
     pass
 
@@ -61,10 +65,16 @@ class _SearchFiltersSchema(OpenApiSerializerExtension):
 
 @extend_schema_field(SearchFiltersSerializer)
 class FiltersField(serializers.DictField):
-    pass
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        sources = value.get("source")
+        if isinstance(sources, list) and len(sources) > FILTER_MAX_SOURCES:
+            raise serializers.ValidationError({"source": [f"at most {FILTER_MAX_SOURCES} sources, got "
+                                                          f"{len(sources):,}"]})
+        return value
 
 
-class SearchRequestSerializer(serializers.Serializer):
+class SearchRequestSerializer(RejectUnknownFields, serializers.Serializer):
     query = serializers.CharField(max_length=settings.SEARCH_MAX_QUERY_CHARS, trim_whitespace=True)
     top_k = serializers.IntegerField(min_value=1, max_value=settings.SEARCH_MAX_TOP_K, default=10,
                                      help_text="results per page")

@@ -1,13 +1,13 @@
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.exceptions import PermissionDenied, ValidationError
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.authentication import token_of
 from apps.accounts.roles import has_capability
 from ragsite.errors import FieldError
+from ragsite.parsers import BoundedJSONParser
 
 from .. import answer as answers
 from ..index import IndexUnavailable
@@ -26,7 +26,7 @@ class _QueryView(APIView):
     throttle_scope = "search"
     # JSON only: a form post cannot carry `filters` (a nested object), which was silently dropped (found by
     # tests/test_api_schema.py); now any other media type is a 415.
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     request_serializer = None
 
     def run(self, request, **params) -> dict:
