@@ -1,8 +1,11 @@
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from .errors import FieldError
 
 
 def _first_message(errors, path=""):
@@ -15,7 +18,10 @@ def _first_message(errors, path=""):
 
 
 def exception_handler(exc, context):
-    """DRF's handler, plus a top-level "detail" naming the first bad field, so every 4xx carries one message."""
+    """DRF's handler, plus a top-level "detail" naming the first bad field, so every 4xx carries one message. A
+    service's FieldError (bad input traced to one field) is a 400 naming that field: views do not translate it."""
+    if isinstance(exc, FieldError):
+        exc = ValidationError({exc.field: [exc.message]})
     response = _request_limits(exc) or drf_exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict) and "detail" not in response.data:
         response.data = {"detail": _first_message(response.data), "errors": response.data}

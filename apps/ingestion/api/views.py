@@ -4,15 +4,14 @@ from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
 from rest_framework.generics import get_object_or_404
-from rest_framework.permissions import AllowAny, BasePermission
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from apps.accounts.access import access_scope
 from apps.accounts.authentication import token_of
-from apps.accounts.roles import has_capability
+from apps.accounts.permissions import HasCapability
 from apps.compliance.audit import client_ip, record
 from ragsite.api_schema import ErrorSerializer
 from ragsite.parsers import BoundedJSONParser
@@ -32,29 +31,6 @@ from .serializers import (
 )
 
 
-class Capability(BasePermission):
-    """Reads need ``read_capability``; writes need ``write_capability`` (set on the view)."""
-
-    def has_permission(self, request, view):
-        needed = view.read_capability if request.method in ("GET", "HEAD", "OPTIONS") else view.write_capability
-        needed = getattr(view, "action_capabilities", {}).get(getattr(view, "action", None), needed)
-        token = token_of(request)
-        if has_capability(request.user, needed, token):
-            return True
-        if token is not None and has_capability(request.user, needed):
-            self.message = f"This API token's scope ({token.scope!r}) does not allow this (capability {needed!r})."
-        else:
-            self.message = f"Your role does not allow this (capability {needed!r})."
-        return False
-
-
-def _service_call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except services.SourceError as exc:
-        raise ValidationError({exc.field: [exc.message]}) from exc
-
-
 class _WebhookThrottle(SimpleRateThrottle):
     """Per client address: webhooks come unauthenticated and each refusal writes an audit event."""
 
@@ -72,7 +48,7 @@ class SourceViewSet(viewsets.ModelViewSet):
     # JSON only: `config` is a nested object and `full` a boolean, which a form post cannot carry (a form's
     # "true" was refused as not a boolean, its config as not an object; found by tests/test_api_schema.py).
     parser_classes = [BoundedJSONParser]
-    permission_classes = [Capability]
+    permission_classes = [HasCapability]
     read_capability = "view_sources"
     write_capability = "manage_sources"
     action_capabilities = {"sync": "run_syncs"}
@@ -87,8 +63,7 @@ class SourceViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         data = serializer.validated_data
-        serializer.instance = _service_call(
-            services.create_source,
+        serializer.instance = services.create_source(
             name=data["name"], kind=data.get("kind", "filesystem"), config=data.get("config", {}),
             schedule=data.get("schedule", ""), groups=data.get("group_names", []),
             enabled=data.get("enabled", True), user=self.request.user,
@@ -99,8 +74,7 @@ class SourceViewSet(viewsets.ModelViewSet):
         changes = dict(serializer.validated_data)
         if "group_names" in changes:
             changes["groups"] = changes.pop("group_names")
-        serializer.instance = _service_call(services.update_source, serializer.instance, user=self.request.user,
-                                            **changes)
+        serializer.instance = services.update_source(serializer.instance, user=self.request.user, **changes)
 
     def perform_destroy(self, instance):
         services.delete_source(instance, user=self.request.user)
@@ -148,8 +122,6 @@ class SourceViewSet(viewsets.ModelViewSet):
                             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         try:
             result = changes.receive_webhook(source, body, request.headers, ip=client_ip(request))
-        except changes.WebhookInvalid as exc:
-            raise ValidationError({exc.field: [exc.message]}) from exc
         except changes.WebhookRefused as exc:
             headers = {"WWW-Authenticate": f'HMAC-SHA256 header="{changes.SIGNATURE_HEADER}"'} \
                 if exc.status == 401 else None
@@ -159,7 +131,7 @@ class SourceViewSet(viewsets.ModelViewSet):
 
 class SyncRunViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = SyncRunSerializer
-    permission_classes = [Capability]
+    permission_classes = [HasCapability]
     read_capability = "view_sources"
     write_capability = "run_syncs"
 
@@ -179,7 +151,7 @@ class SyncRunViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class DocumentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    permission_classes = [Capability]
+    permission_classes = [HasCapability]
     read_capability = "query"
     write_capability = "upload"
 

@@ -1,12 +1,9 @@
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
-from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.authentication import token_of
-from apps.accounts.roles import has_capability
-from ragsite.errors import FieldError
+from apps.accounts.permissions import HasCapability
 from ragsite.parsers import BoundedJSONParser
 
 from .. import answer as answers
@@ -24,6 +21,8 @@ class _QueryView(APIView):
     """Search and answer alike: capability 'query', the search throttle, bad fields as 400, index down as 503."""
 
     throttle_scope = "search"
+    permission_classes = [HasCapability]
+    required_capability = "query"
     # JSON only: a form post cannot carry `filters` (a nested object), which was silently dropped (found by
     # tests/test_api_schema.py); now any other media type is a 415.
     parser_classes = [BoundedJSONParser]
@@ -33,14 +32,10 @@ class _QueryView(APIView):
         raise NotImplementedError
 
     def post(self, request):
-        if not has_capability(request.user, "query", token_of(request)):
-            raise PermissionDenied("Your role does not allow searching (capability 'query').")
         params = self.request_serializer(data=request.data)
         params.is_valid(raise_exception=True)
         try:
             return Response(self.run(request, **params.validated_data))
-        except FieldError as exc:
-            raise ValidationError({exc.field: [exc.message]}) from exc
         except IndexUnavailable as exc:
             return Response({"detail": f"search index unavailable: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
 
