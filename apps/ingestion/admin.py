@@ -16,6 +16,8 @@ from .sync import CancelError, cancel_sync, request_sync
 
 
 class SourceForm(forms.ModelForm):
+    request_user = None  # set per request by SourceAdmin.get_form: the reach checks depend on who saves
+
     class Meta:
         model = Source
         fields = ["name", "kind", "config", "schedule", "reader_groups", "enabled"]
@@ -26,11 +28,13 @@ class SourceForm(forms.ModelForm):
             self.initial["config"] = mask_config(self.instance.config)
 
     def clean(self):
+        """The services' own checks, so their errors show on the form; SourceAdmin.save_model then writes through
+        the same services as the API (which check again: a second connection test on an admin save)."""
         data = super().clean()
         try:
-            data["config"] = services.validate_source(data.get("kind"), data.get("config") or {},
-                                                      data.get("schedule", ""),
-                                                      stored=self.instance.config if self.instance.pk else None)
+            services.check_source(kind=data.get("kind"), config=data.get("config") or {},
+                                  schedule=data.get("schedule", ""), user=self.request_user,
+                                  source=self.instance if self.instance.pk else None, name=data.get("name"))
         except services.SourceError as exc:
             raise forms.ValidationError(str(exc)) from exc
         return data
@@ -47,9 +51,33 @@ class SourceAdmin(GrantAdminMixin, admin.ModelAdmin):
 
     form = SourceForm
 
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.request_user = request.user
+        return form
+
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        services.apply_schedule(obj)
+        """Through services.create_source / update_source, the API's path: validation, reach checks, encrypted
+        secrets, schedule, readers, audit."""
+        data = form.cleaned_data
+        groups = [group.name for group in data.get("reader_groups", [])]
+        if change:
+            changes = {f: data[f] for f in ("name", "kind", "config", "schedule", "enabled") if f in form.changed_data}
+            if "reader_groups" in form.changed_data:
+                changes["groups"] = groups
+            source = services.update_source(Source.objects.get(pk=obj.pk), user=request.user, **changes)
+        else:
+            source = services.create_source(name=data["name"], kind=data["kind"], config=data.get("config") or {},
+                                            schedule=data.get("schedule", ""), groups=groups,
+                                            enabled=data.get("enabled", True), user=request.user)
+        for field in Source._meta.concrete_fields:  # the admin goes on with obj (inlines, messages, redirect)
+            setattr(obj, field.attname, getattr(source, field.attname))
+        obj._state.adding, obj._state.db = False, source._state.db
+
+    def save_related(self, request, form, formsets, change):
+        # The reader groups were written by the service (form.save_m2m would write them a second time).
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
 
     def delete_model(self, request, obj):
         services.delete_source(obj, user=request.user)

@@ -128,13 +128,20 @@ def _check_overlap(kind: str, config: dict, user, source=None) -> None:
                               "(capability administer_sources) may point two sources at the same files")
 
 
+def check_source(*, kind, config, schedule="", user=None, source=None, name=None) -> tuple[str | None, dict]:
+    """What create_source and update_source check before they write (the admin's form shows the same errors):
+    the name (when given) made a slug that no other source has, the config validated with its secrets encrypted, its
+    reach checked for ``user``. Returns (name, config)."""
+    if name is not None:
+        name = _new_name(source, name)
+    config = validate_source(kind, config, schedule, stored=source.config if source is not None else None)
+    _check_overlap(kind, config, user, source)
+    return name, config
+
+
 def create_source(*, name, kind="filesystem", config=None, schedule="", groups=(), enabled=True, user=None,
                   classification="internal"):
-    name = slugify(name)
-    if not name:
-        raise SourceError("name", "must contain letters or digits")
-    config = validate_source(kind, config or {}, schedule)
-    _check_overlap(kind, config, user)
+    name, config = check_source(kind=kind, config=config or {}, schedule=schedule, user=user, name=name)
     _check_classification(classification)
     group_objs = _groups(groups)
     with transaction.atomic():
@@ -157,12 +164,12 @@ def _check_classification(value):
         raise SourceError("classification", f"must be one of {', '.join(CLASSIFICATIONS)}")
 
 
-def _new_name(source: Source, name) -> str:
-    """A rename is made a slug, like a new name (the model would save "!!!" as ""), and may not take another's."""
+def _new_name(source: Source | None, name) -> str:
+    """A name is made a slug (the model would save "!!!" as "") and may not be another source's."""
     name = slugify(name)
     if not name:
         raise SourceError("name", "must contain letters or digits")
-    if Source.objects.filter(name=name).exclude(pk=source.pk).exists():
+    if Source.objects.filter(name=name).exclude(pk=getattr(source, "pk", None)).exists():
         raise SourceError("name", f"a source named {name!r} already exists")
     return name
 
@@ -171,11 +178,11 @@ def update_source(source: Source, *, user=None, **changes):
     kind = changes.get("kind", source.kind)
     config = changes.get("config", source.config)
     schedule = changes.get("schedule", source.schedule)
-    config = validate_source(kind, config, schedule, stored=source.config)
-    _check_overlap(kind, config, user, source)
+    name, config = check_source(kind=kind, config=config, schedule=schedule, user=user, source=source,
+                                name=changes.get("name"))
     relabelled = "classification" in changes and changes["classification"] != source.classification
     if "name" in changes:
-        changes["name"] = _new_name(source, changes["name"])
+        changes["name"] = name
     if relabelled:
         _check_classification(changes["classification"])
     with transaction.atomic():
