@@ -155,7 +155,7 @@ def sync_now(source, **kwargs):
 
 @pytest.fixture
 def indexed_source(db, corpus_dir, roles):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     source = create_source(name="handbook", config={"path": str(corpus_dir)})
     run = sync_now(source)

@@ -20,7 +20,7 @@ import os
 import schemathesis
 from schemathesis import GenerationMode
 
-from apps.retrieval.moments import parse_moment  # free of Django, like this module
+from apps.retrieval.filter_dates import parse_moment  # free of Django, like this module
 
 SEARCH_MAX_WINDOW = 100  # apps/retrieval/search.py (this module runs inside schemathesis, without Django)
 

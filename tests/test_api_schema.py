@@ -44,7 +44,7 @@ FINANCE_CORPUS = {
 def world(live_server, roles, tmp_path):
     """alice (hr) and bob (finance), ordinary users; one source each, readable only by that department."""
     from apps.ingestion.models import Document
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     alice = UserFactory(username="alice", groups=["user", "hr"])
     bob = UserFactory(username="bob", groups=["user", "finance"])
@@ -135,7 +135,7 @@ def test_a_writer_gets_no_server_error(world, live_server, tmp_path):
     behind the permission check and the 404 (issue 12). Not the webhook: it takes no user, and the peers' run
     above fuzzes it already."""
     from apps.ingestion.models import Document, Source, SyncRun
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     writer = UserFactory(username="wendy", groups=["admin"])
     folder = write_corpus(tmp_path / "scratch", {"note.md": "# Scratch\n\nA folder the fuzzer may index."})

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from apps.accounts.models import DocumentRestriction
 from apps.ingestion.changes import sign
 from apps.ingestion.models import Document, Source, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import token_client
 from tests.factories import UserFactory
 

@@ -12,7 +12,7 @@ import pytest
 
 from apps.ingestion.connectors import get_connector
 from apps.ingestion.models import Document, DocumentAccess, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from apps.ingestion.watch import ChangeFilter, Debouncer
 from tests.conftest import REPO, _worker_env, token_client, write_corpus
 from tests.processes import stop_process

@@ -63,7 +63,7 @@ def test_worker_killed_mid_sync_is_reaped_and_the_next_run_completes(worker, rol
     from apps.ingestion.chunking import chunk_text
     from apps.ingestion.embedding import get_embedder
     from apps.ingestion.parsing import parse
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
     from tests.conftest import write_corpus
 
     paragraphs = [f"Section {p}. The buoy array number {p} reports salinity, pressure and temperature every "

@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 
 from ragsite.admin_base import ReadOnlyAdmin
 
-from . import services
+from . import sources as source_service
 from .grants_admin import (
     GRANT_INLINES_FOR_DOCUMENT,
     GRANT_INLINES_FOR_SOURCE,
@@ -32,10 +32,10 @@ class SourceForm(forms.ModelForm):
         the same services as the API (which check again: a second connection test on an admin save)."""
         data = super().clean()
         try:
-            services.check_source(kind=data.get("kind"), config=data.get("config") or {},
+            source_service.check_source(kind=data.get("kind"), config=data.get("config") or {},
                                   schedule=data.get("schedule", ""), user=self.request_user,
                                   source=self.instance if self.instance.pk else None, name=data.get("name"))
-        except services.SourceError as exc:
+        except source_service.SourceError as exc:
             raise forms.ValidationError(str(exc)) from exc
         return data
 
@@ -57,7 +57,7 @@ class SourceAdmin(GrantAdminMixin, admin.ModelAdmin):
         return form
 
     def save_model(self, request, obj, form, change):
-        """Through services.create_source / update_source, the API's path: validation, reach checks, encrypted
+        """Through source_service.create_source / update_source, the API's path: validation, reach checks, encrypted
         secrets, schedule, readers, audit."""
         data = form.cleaned_data
         groups = [group.name for group in data.get("reader_groups", [])]
@@ -65,9 +65,9 @@ class SourceAdmin(GrantAdminMixin, admin.ModelAdmin):
             changes = {f: data[f] for f in ("name", "kind", "config", "schedule", "enabled") if f in form.changed_data}
             if "reader_groups" in form.changed_data:
                 changes["groups"] = groups
-            source = services.update_source(Source.objects.get(pk=obj.pk), user=request.user, **changes)
+            source = source_service.update_source(Source.objects.get(pk=obj.pk), user=request.user, **changes)
         else:
-            source = services.create_source(name=data["name"], kind=data["kind"], config=data.get("config") or {},
+            source = source_service.create_source(name=data["name"], kind=data["kind"], config=data.get("config") or {},
                                             schedule=data.get("schedule", ""), groups=groups,
                                             enabled=data.get("enabled", True), user=request.user)
         for field in Source._meta.concrete_fields:  # the admin goes on with obj (inlines, messages, redirect)
@@ -80,11 +80,11 @@ class SourceAdmin(GrantAdminMixin, admin.ModelAdmin):
             self.save_formset(request, form, formset, change=change)
 
     def delete_model(self, request, obj):
-        services.delete_source(obj, user=request.user)
+        source_service.delete_source(obj, user=request.user)
 
     def delete_queryset(self, request, queryset):
         for source in queryset:
-            services.delete_source(source, user=request.user)
+            source_service.delete_source(source, user=request.user)
 
     @admin.action(description="Sync the selected sources now")
     def sync_now(self, request, queryset):

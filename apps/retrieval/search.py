@@ -16,9 +16,9 @@ from apps.ingestion.embedding import get_embedder
 from apps.ingestion.models import Source
 from ragsite.errors import FieldError
 
+from .filter_dates import parse_moment
 from .index import IndexFilter, IndexUnavailable, get_index
 from .index.fusion import FUSIONS, MODES, rocchio
-from .moments import parse_moment
 from .readable import readable_chunk_rows
 
 FILTER_KEYS = ("source", "classification", "modified_after", "modified_before")
@@ -114,7 +114,7 @@ def _classifications(value) -> frozenset | None:
 
 
 def _moment(name: str, value) -> datetime | None:
-    """An ISO 8601 date (midnight UTC) or date-time (UTC when it names no offset): moments.parse_moment."""
+    """An ISO 8601 date (midnight UTC) or date-time (UTC when it names no offset): filter_dates.parse_moment."""
     if value is None:
         return None
     try:

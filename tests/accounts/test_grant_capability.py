@@ -5,7 +5,7 @@ import pytest
 
 from apps.accounts.models import DocumentRestriction, DocumentUserObjectPermission, SourceUserObjectPermission
 from apps.ingestion.models import Document, document_id_for
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import sync_now, token_client, write_corpus
 from tests.factories import UserFactory
 

@@ -40,7 +40,7 @@ ALL_THE_WORDS = " ".join(sorted(set(QUERY.lower().split())))
 
 @pytest.fixture
 def corpus(indexed_source, tmp_path, roles):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     notes = create_source(name="notes", config={"path": str(write_corpus(tmp_path / "notes", NOTES))})
     assert sync_now(notes).status == "succeeded"

@@ -15,7 +15,7 @@ from apps.compliance.models import AuditEvent
 from apps.ingestion import change_stream, sync
 from apps.ingestion.change_stream import ChangeStreamConsumer
 from apps.ingestion.models import Document, PushedDocument, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import token_client
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from apps.ingestion.models import Document, DocumentAccess, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import sync_now
 
 pytestmark = pytest.mark.django_db
@@ -65,7 +65,7 @@ def test_source_classification_through_the_api(corpus_dir, roles):
 
 
 def test_relabelling_a_source_queues_a_full_pass(corpus_dir, roles, django_capture_on_commit_callbacks):
-    from apps.ingestion.services import update_source
+    from apps.ingestion.sources import update_source
 
     source = create_source(name="handbook", config={"path": str(corpus_dir)})
     sync_now(source)

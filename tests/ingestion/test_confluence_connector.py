@@ -9,7 +9,7 @@ import pytest
 from apps.ingestion.connectors.base import ConfigError
 from apps.ingestion.connectors.confluence import ConfluenceConnector
 from apps.ingestion.models import Chunk, Document, DocumentAccess, SyncRun, document_id_for
-from apps.ingestion.services import SourceError, create_source
+from apps.ingestion.sources import SourceError, create_source
 from tests.conftest import sync_now, token_client
 from tests.ingestion.standins import confluence_standin as conf
 from tests.ingestion.standins.confluence_standin import ConfluenceStandin

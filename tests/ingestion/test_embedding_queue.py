@@ -27,7 +27,7 @@ from apps.ingestion.chunking import chunk_text
 from apps.ingestion.embedding import embed_with_cache, get_embedder
 from apps.ingestion.models import Chunk, Document, EmbeddingBatch, EmbeddingCacheEntry, SyncRun
 from apps.ingestion.parsing import parse
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import _worker_env, sync_now, write_corpus
 from tests.processes import kill_hard, start_worker, stop_process
 

@@ -15,7 +15,7 @@ from apps.ingestion import sync
 from apps.ingestion.connectors.base import ItemError
 from apps.ingestion.connectors.filesystem import FileSystemConnector
 from apps.ingestion.models import Document, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import sync_now, write_corpus
 
 pytestmark = pytest.mark.django_db

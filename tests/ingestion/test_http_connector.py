@@ -5,7 +5,7 @@ import pytest
 
 from apps.ingestion.connectors.http import HttpConnector
 from apps.ingestion.models import Chunk, Document, DocumentAccess, Source, SyncRun
-from apps.ingestion.services import SourceError, create_source
+from apps.ingestion.sources import SourceError, create_source
 from tests.conftest import sync_now
 from tests.ingestion.json_api import JsonApiServer
 

@@ -14,7 +14,7 @@ from apps.compliance.models import AuditEvent
 from apps.ingestion import sync
 from apps.ingestion.models import Chunk, Document, EmbeddingCacheEntry, Source, SyncRun
 from apps.ingestion.secrets import MASK
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import REPO, sync_now, token_client, write_corpus
 from tests.factories import UserFactory
 from tests.ingestion.json_api import JsonApiServer

@@ -12,7 +12,7 @@ from apps.ingestion.connectors.base import ConfigError
 from apps.ingestion.connectors.s3 import S3Connector
 from apps.ingestion.models import Chunk, Document, Source, SyncRun
 from apps.ingestion.secrets import encrypt_config
-from apps.ingestion.services import SourceError, create_source
+from apps.ingestion.sources import SourceError, create_source
 from tests.conftest import sync_now
 from tests.ingestion.s3_server import FaultProxy, Keys, MotoServer, free_port
 

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 from apps.ingestion.connectors.base import ConfigError
 from apps.ingestion.connectors.sharepoint import SharePointConnector
 from apps.ingestion.models import Chunk, Document, DocumentAccess, SyncRun, document_id_for
-from apps.ingestion.services import SourceError, create_source
+from apps.ingestion.sources import SourceError, create_source
 from tests.conftest import sync_now, token_client
 from tests.ingestion.standins import graph_standin as graph
 from tests.ingestion.standins.graph_standin import GraphStandin

@@ -10,7 +10,7 @@ from django_celery_beat.models import PeriodicTask
 
 from apps.compliance.models import AuditEvent
 from apps.ingestion.models import Source
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import admin_form_data
 from tests.factories import UserFactory
 

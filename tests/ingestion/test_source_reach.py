@@ -15,7 +15,7 @@ from apps.ingestion.connectors.base import ConnectorError
 from apps.ingestion.connectors.egress import EgressDenied
 from apps.ingestion.connectors.http import HttpConnector
 from apps.ingestion.models import Document, Source, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import REPO, sync_now, token_client, write_corpus
 from tests.factories import UserFactory
 from tests.http_server import LocalHttpServer
@@ -195,7 +195,7 @@ def test_power_user_cannot_copy_a_source_with_a_restricted_document(pat, sources
 def test_rest_connectors_are_held_to_the_same_policy(pat, settings, internal):
     """Confluence (and SharePoint, through the same RestClient and URL check): refused on save, and a connection
     made later to a denied address is refused before anything is sent."""
-    from apps.ingestion.connectors.rest import RestClient
+    from apps.ingestion.connectors.http_client import RestClient
 
     settings.CONNECTOR_EGRESS_ALLOW = []
     config = {"base_url": internal.url, "email": "a@example.com", "api_token": "t" * 20, "space_keys": ["ENG"]}
@@ -209,7 +209,7 @@ def test_rest_connectors_are_held_to_the_same_policy(pat, settings, internal):
 
 def test_a_proxy_from_the_environment_is_held_to_the_policy(settings, internal, monkeypatch):
     """HTTP_PROXY would otherwise carry requests past the check: the proxy's address is checked too."""
-    from apps.ingestion.connectors.rest import RestClient
+    from apps.ingestion.connectors.http_client import RestClient
 
     settings.CONNECTOR_EGRESS_ALLOW = []
     monkeypatch.setenv("HTTP_PROXY", internal.url)

@@ -152,7 +152,7 @@ def test_api_headers_are_encrypted_masked_and_used(power, api):
 
 
 def test_admin_shows_the_mask_and_keeps_the_secret(admin_user, reader_db, client):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     source = create_source(**sql_payload(reader_db))
     client.force_login(admin_user)
@@ -174,7 +174,7 @@ def test_admin_shows_the_mask_and_keeps_the_secret(admin_user, reader_db, client
 
 
 def test_a_changed_secret_key_fails_the_run_clearly_and_fallbacks_still_decrypt(roles, reader_db, settings):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     source = create_source(**sql_payload(reader_db))
     assert sync_now(source).status == SyncRun.SUCCEEDED

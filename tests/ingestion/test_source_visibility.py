@@ -3,7 +3,7 @@ callers who may read it (or hold administer_sources); everyone else gets the 404
 
 import pytest
 
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import sync_now, token_client, write_corpus
 from tests.factories import UserFactory
 

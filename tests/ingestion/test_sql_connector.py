@@ -9,7 +9,7 @@ from apps.ingestion.connectors.base import ConfigError
 from apps.ingestion.connectors.sql import SqlConnector
 from apps.ingestion.models import Chunk, Document, DocumentAccess, Source, SyncRun
 from apps.ingestion.secrets import encrypt_config
-from apps.ingestion.services import SourceError, create_source
+from apps.ingestion.sources import SourceError, create_source
 from tests.conftest import sync_now
 from tests.ingestion.sql_sources import (
     MARIADB_SOURCE,

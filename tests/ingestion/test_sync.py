@@ -12,7 +12,7 @@ from apps.ingestion.models import (
     chunk_id_for,
     document_id_for,
 )
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from apps.retrieval.models import IndexChange
 from tests.conftest import sync_now, write_corpus
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from apps.compliance.models import AuditEvent
 from apps.ingestion import sync
 from apps.ingestion.models import Document, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import token_client, write_corpus
 from tests.factories import UserFactory
 

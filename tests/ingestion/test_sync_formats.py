@@ -6,7 +6,7 @@ import json
 import pytest
 
 from apps.ingestion.models import Chunk, Document, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import sync_now, write_corpus
 from tests.ingestion.test_parsing import LOREM_PAGE, encrypt_pdf, make_docx, make_pdf, zip_bomb_docx
 

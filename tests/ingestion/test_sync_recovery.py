@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from apps.ingestion import sync
 from apps.ingestion.models import Document, SyncRun
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import REPO, token_client, write_corpus
 from tests.factories import UserFactory
 

@@ -15,7 +15,7 @@ from apps.ingestion import sync
 from apps.ingestion.changes import sign
 from apps.ingestion.models import Document, DocumentAccess, PushedDocument, Source, SyncRun, WebhookDelivery
 from apps.ingestion.secrets import MASK, decrypt_config, is_secret
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 from tests.conftest import token_client
 from tests.factories import UserFactory
 

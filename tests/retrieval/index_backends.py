@@ -171,7 +171,7 @@ def sync(source, **kwargs):
 
 @pytest.fixture
 def handbook(backend, corpus_dir, roles):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     source = create_source(name="handbook", config={"path": str(corpus_dir)})
     sync(source)
@@ -180,7 +180,7 @@ def handbook(backend, corpus_dir, roles):
 
 @pytest.fixture
 def weaviate_handbook(weaviate_backend, corpus_dir, roles):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     source = create_source(name="handbook", config={"path": str(corpus_dir)})
     sync(source)

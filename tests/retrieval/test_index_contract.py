@@ -58,7 +58,7 @@ def test_each_mode_ranks_the_expected_document_first(handbook, bob, mode, fusion
 def test_permission_filter_is_inside_the_search_and_fills_top_k(backend, roles, tmp_path):
     """A user who may read 1 document of 20 still gets top_k results, all from that document, in every mode,
     although the 19 documents they may not read match the query better."""
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     hidden = {
         f"hr/forecast-{n:02d}.md": f"# Quarterly budget forecast {n}\n\nThe quarterly budget forecast for quarter "
@@ -91,7 +91,7 @@ def test_permission_filter_is_inside_the_search_and_fills_top_k(backend, roles, 
 
 
 def test_source_filter(handbook, bob, tmp_path):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     wiki_dir = write_corpus(tmp_path / "wiki", {"vpn-setup.md": "# VPN set-up\n\nThe VPN gateway needs the "
                                                 "GateKeeper client; ask the service desk for a badge number."})
@@ -251,7 +251,7 @@ def labelled(backend, roles, tmp_path):
     """Documents of three classifications (from the sidecars) and three modification dates (file mtimes)."""
     from datetime import UTC, datetime
 
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     root = write_corpus(tmp_path / "labelled", {
         "public/launch.md": "# Launch notes\n\nThe Marlin telemetry buoy launch is announced on the website.",

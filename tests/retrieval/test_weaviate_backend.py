@@ -107,7 +107,7 @@ def test_silent_weaviate_answers_503_within_the_timeout(settings, bob, silent_po
 
 def test_weaviate_going_down_answers_503_within_seconds(settings, bob, corpus_dir, roles):
     """The client retries an unavailable gRPC server for about a minute; the backend's deadline does not wait."""
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     server = WeaviateStandIn().start()
     try:
@@ -132,7 +132,7 @@ def test_readyz_reports_weaviate_ready(weaviate_handbook, client):
 
 def test_rejected_object_is_counted_and_retried(settings, standin, corpus_dir, roles):
     from apps.ingestion.models import Document
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
     from apps.retrieval.models import IndexCursor
 
     standin.reset()
@@ -192,7 +192,7 @@ def test_vector_of_wrong_length_is_refused_then_retried(weaviate_handbook, corpu
 
 
 def test_tenants_keep_organisations_apart(weaviate_backend, settings, corpus_dir, roles):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
     from apps.retrieval.index.weaviate import WeaviateIndex
 
     settings.WEAVIATE_TENANT = "acme"
@@ -214,7 +214,7 @@ def test_tenants_keep_organisations_apart(weaviate_backend, settings, corpus_dir
 
 
 def test_api_key_is_sent(settings, bob, corpus_dir, roles):
-    from apps.ingestion.services import create_source
+    from apps.ingestion.sources import create_source
 
     server = WeaviateStandIn(api_key="s3cret-key").start()
     try:

@@ -16,7 +16,8 @@ from apps.compliance.audit import client_ip, record
 from ragsite.api_schema import ErrorSerializer
 from ragsite.parsers import BoundedJSONParser
 
-from .. import changes, services
+from .. import changes
+from .. import sources as source_service
 from ..models import Document, Source, SyncRun
 from ..sync import CancelError, SyncEnqueueError, cancel_sync, request_sync
 from ..visibility import visible_sources, visible_sync_runs
@@ -63,7 +64,7 @@ class SourceViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         data = serializer.validated_data
-        serializer.instance = services.create_source(
+        serializer.instance = source_service.create_source(
             name=data["name"], kind=data.get("kind", "filesystem"), config=data.get("config", {}),
             schedule=data.get("schedule", ""), groups=data.get("group_names", []),
             enabled=data.get("enabled", True), user=self.request.user,
@@ -74,10 +75,10 @@ class SourceViewSet(viewsets.ModelViewSet):
         changes = dict(serializer.validated_data)
         if "group_names" in changes:
             changes["groups"] = changes.pop("group_names")
-        serializer.instance = services.update_source(serializer.instance, user=self.request.user, **changes)
+        serializer.instance = source_service.update_source(serializer.instance, user=self.request.user, **changes)
 
     def perform_destroy(self, instance):
-        services.delete_source(instance, user=self.request.user)
+        source_service.delete_source(instance, user=self.request.user)
 
     @extend_schema(
         request=SyncRequestSerializer,

@@ -31,7 +31,7 @@ from urllib.parse import quote, urljoin
 
 from django.conf import settings
 
-from . import rest
+from . import http_client
 from .base import ConfigError, Connector, ConnectorError, ItemError, RawDocument, failing_read, reject_unknown
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _confluence_error(response) -> str:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
         return body["message"]
-    return rest.short_body(response)
+    return http_client.short_body(response)
 
 
 def _parse_time(value) -> datetime | None:
@@ -73,11 +73,11 @@ class ConfluenceConnector(Connector):
     @classmethod
     def validate_config(cls, config):
         reject_unknown(config, SETTINGS, "a confluence source")
-        base = rest.http_url("base_url", config.get("base_url"))
+        base = http_client.http_url("base_url", config.get("base_url"))
         if base.endswith("/wiki"):
             base = base[: -len("/wiki")]
-        cfg = {"base_url": base, "email": rest.text_setting(config, "email", required=True),
-               "api_token": rest.text_setting(config, "api_token", required=True)}
+        cfg = {"base_url": base, "email": http_client.text_setting(config, "email", required=True),
+               "api_token": http_client.text_setting(config, "api_token", required=True)}
         keys = config.get("space_keys")
         if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
             raise ConfigError("space_keys", "a non-empty list of space keys is required, e.g. [\"ENG\", \"HR\"]")
@@ -85,15 +85,15 @@ class ConfluenceConnector(Connector):
             if not _SPACE_KEY.match(key.strip()):
                 raise ConfigError("space_keys", f"{key!r} is not a space key (letters, digits; ~ for personal spaces)")
         cfg["space_keys"] = sorted({k.strip() for k in keys})
-        groups_map = rest.groups_map_setting(config)
+        groups_map = http_client.groups_map_setting(config)
         if groups_map:
             cfg["groups_map"] = groups_map
-        rest.number_settings(config, cfg)
+        http_client.number_settings(config, cfg)
         return cfg
 
     def __init__(self, config):
         super().__init__(config)
-        self.http = rest.RestClient(self.config, auth=(self.config["email"], self.config["api_token"]))
+        self.http = http_client.RestClient(self.config, auth=(self.config["email"], self.config["api_token"]))
         self._since = None
         self._latest: tuple[datetime, set[str]] | None = None
         self._refused: set[str] = set()
@@ -106,9 +106,9 @@ class ConfluenceConnector(Connector):
     # --- requests -----------------------------------------------------------------------------------------
 
     def _get(self, url: str, what: str, *, params=None, item_level=False) -> dict:
-        if rest.origin(url) != rest.origin(self.config["base_url"]):
+        if http_client.origin(url) != http_client.origin(self.config["base_url"]):
             # The credentials would go with it: never follow a link to another host.
-            raise ConnectorError(f"{what}: link points to another host ({rest.where(url)}); not followed")
+            raise ConnectorError(f"{what}: link points to another host ({http_client.where(url)}); not followed")
         response = self.http.get(url, params=params)
         if response.status_code >= 300:
             detail = _confluence_error(response)
@@ -116,9 +116,9 @@ class ConfluenceConnector(Connector):
                 raise ItemError(f"{what}: HTTP {response.status_code}: {detail}")
             hint = {401: f" (check email and api_token: Confluence did not accept them for {self.config['email']})",
                     403: f" ({self.config['email']} lacks permission)"}.get(response.status_code, "")
-            raise ConnectorError(f"{what}: HTTP {response.status_code}{rest.retried(response)} from "
-                                 f"{rest.where(response.url)}{hint}: {detail}")
-        body = rest.body_json(response, what)
+            raise ConnectorError(f"{what}: HTTP {response.status_code}{http_client.retried(response)} from "
+                                 f"{http_client.where(response.url)}{hint}: {detail}")
+        body = http_client.body_json(response, what)
         if not isinstance(body, dict):
             raise ConnectorError(f"{what}: Confluence answered a {type(body).__name__}, not an object")
         return body
@@ -133,7 +133,7 @@ class ConfluenceConnector(Connector):
             body = self._get(url, "CQL search", params=params)
             results = body.get("results")
             if not isinstance(results, list):
-                raise ConnectorError(f"CQL search from {rest.where(url)} answered without a 'results' list")
+                raise ConnectorError(f"CQL search from {http_client.where(url)} answered without a 'results' list")
             yield from (r for r in results if isinstance(r, dict) and isinstance(r.get("id"), str | int))
             links = body.get("_links") if isinstance(body.get("_links"), dict) else {}
             following = links.get("next")

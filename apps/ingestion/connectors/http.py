@@ -11,22 +11,17 @@ import re
 from datetime import UTC, datetime
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from urllib3.util.retry import Retry
-
+from . import http_client
 from .base import ConfigError, Connector, ConnectorError, RawDocument, failing_read, reject_unknown
-from .egress import GuardedAdapter, body_excerpt, check_url
-from .rest import cause, check_number, origin, retries_text, where
+from .egress import body_excerpt, check_url
+from .http_client import RestClient, check_number, origin, retried, where
 
 logger = logging.getLogger(__name__)
 
 SETTINGS = {"url", "items_path", "id_field", "title_field", "text_fields", "updated_field", "updated_since_param",
             "next_field", "page_param", "first_page", "ids_url", "ids_path", "headers", "groups_field",
             "url_field", "timeout", "max_retries", "backoff_factor", "max_pages"}
-RETRY_STATUSES = (429, 500, 502, 503, 504)
-RETRY_AFTER_MAX = 60  # seconds: a Retry-After longer than this is not honoured as given
-BACKOFF_MAX = 30  # seconds between two attempts at most
-DEFAULTS = {"timeout": 30, "max_retries": 5, "backoff_factor": 1.0, "max_pages": 10_000, "first_page": 1}
+DEFAULTS = {**http_client.DEFAULTS, "max_pages": 10_000, "first_page": 1}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _MISSING = object()
 
@@ -158,7 +153,7 @@ class HttpConnector(Connector):
 
     def __init__(self, config):
         super().__init__(config)
-        self._session = None
+        self._client = None
         self._since = None
         self._latest = None
 
@@ -166,44 +161,21 @@ class HttpConnector(Connector):
         return self.config.get(key, DEFAULTS[key])
 
     @property
-    def session(self) -> requests.Session:
-        if self._session is None:
-            retries = self._setting("max_retries")
-            retry = Retry(
-                total=retries, connect=retries, read=retries, status=retries, other=0, redirect=5,
-                allowed_methods=frozenset({"GET"}), status_forcelist=RETRY_STATUSES,
-                backoff_factor=self._setting("backoff_factor"), backoff_max=BACKOFF_MAX,
-                respect_retry_after_header=True, retry_after_max=RETRY_AFTER_MAX,
-                raise_on_status=False,  # the last response comes back, so its status can be reported
-            )
-            session = requests.Session()
-            adapter = GuardedAdapter(max_retries=retry)  # every connection checked against the egress policy
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers.update({"Accept": "application/json", "User-Agent": "ragsite-connector"})
-            session.headers.update(self.config.get("headers", {}))
-            self._session = session
-        return self._session
+    def client(self) -> RestClient:
+        if self._client is None:  # GET only: listing is all this connector does
+            self._client = RestClient(self.config, headers=self.config.get("headers", {}), methods=("GET",))
+        return self._client
 
     # --- fetching -----------------------------------------------------------------------------------------
 
     def _get_json(self, url: str, params: dict | None):
         place = where(url)
-        try:
-            response = self.session.get(url, params=params, timeout=self._setting("timeout"))
-        except requests.Timeout as exc:
-            raise ConnectorError(f"{place} timed out {self._after()}: {exc.__class__.__name__}") from None
-        except requests.ConnectionError as exc:
-            raise ConnectorError(f"cannot reach {place} {self._after()}: {cause(exc)}") from None
-        except requests.RequestException as exc:
-            raise ConnectorError(f"request to {place} failed: {cause(exc)}") from None
+        response = self.client.get(url, params=params)
         if response.status_code >= 400:
-            retried = len(getattr(getattr(response.raw, "retries", None), "history", ()) or ())
             detail = body_excerpt(" ".join(response.text[:200].split()))
             hint = {401: " (check the credentials in headers)", 403: " (the credentials lack access)",
                     404: " (check the URL)"}.get(response.status_code, "")
-            after = f" after {retries_text(retried)}" if response.status_code in RETRY_STATUSES else ""
-            raise ConnectorError(f"HTTP {response.status_code} {response.reason} from {place}{after}{hint}"
+            raise ConnectorError(f"HTTP {response.status_code} {response.reason} from {place}{retried(response)}{hint}"
                                  + (f": {detail}" if detail else ""))
         try:
             return response.json()
@@ -212,9 +184,6 @@ class HttpConnector(Connector):
             content_type = response.headers.get("Content-Type", "no Content-Type")
             starts = f"; it starts {start!r}" if start else ""
             raise ConnectorError(f"{place} did not answer JSON ({content_type}{starts})") from None
-
-    def _after(self) -> str:
-        return f"after {retries_text(self._setting('max_retries'))}"
 
     def _items(self, body, url: str, path: str) -> list:
         items = _dig(body, path)

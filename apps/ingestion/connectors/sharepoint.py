@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 from django.conf import settings
 
 from ..parsing import content_type_for
-from . import rest
+from . import http_client
 from .base import ConfigError, Connector, ConnectorError, ItemError, RawDocument, failing_read, reject_unknown
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _graph_error(response) -> str:
         error = None
     if isinstance(error, dict) and error.get("code"):
         return f"{error['code']}: {error.get('message', '')}".strip()
-    return rest.short_body(response)
+    return http_client.short_body(response)
 
 
 def _parse_time(value) -> datetime | None:
@@ -75,10 +75,10 @@ class SharePointConnector(Connector):
         reject_unknown(config, SETTINGS, "a sharepoint source")
         cfg = {}
         for key in ("tenant_id", "client_id", "client_secret"):
-            cfg[key] = rest.text_setting(config, key, required=True)
+            cfg[key] = http_client.text_setting(config, key, required=True)
         if "/" in cfg["tenant_id"] or "?" in cfg["tenant_id"]:
             raise ConfigError("tenant_id", "must be the directory (tenant) id or domain, e.g. contoso.onmicrosoft.com")
-        site_id, site_url = rest.text_setting(config, "site_id"), config.get("site_url")
+        site_id, site_url = http_client.text_setting(config, "site_id"), config.get("site_url")
         if (site_id is None) == (site_url is None):
             raise ConfigError("site_id", "set either site_id or site_url (https://contoso.sharepoint.com/sites/x)")
         if site_id is not None:
@@ -86,28 +86,28 @@ class SharePointConnector(Connector):
                 raise ConfigError("site_id", "must be a Graph site id (hostname,site-guid,web-guid)")
             cfg["site_id"] = site_id
         else:
-            cfg["site_url"] = rest.http_url("site_url", site_url)
-        drive_id = rest.text_setting(config, "drive_id")
+            cfg["site_url"] = http_client.http_url("site_url", site_url)
+        drive_id = http_client.text_setting(config, "drive_id")
         if drive_id is not None:
             if "/" in drive_id or "?" in drive_id:
                 raise ConfigError("drive_id", "must be a Graph drive id")
             cfg["drive_id"] = drive_id
         for key in ("authority_url", "graph_url"):
             if config.get(key) is not None:
-                cfg[key] = rest.http_url(key, config[key])
-        groups_map = rest.groups_map_setting(config)
+                cfg[key] = http_client.http_url(key, config[key])
+        groups_map = http_client.groups_map_setting(config)
         if groups_map:
             cfg["groups_map"] = groups_map
         if "sharing_changes" in config:
             if not isinstance(config["sharing_changes"], bool):
                 raise ConfigError("sharing_changes", "must be true or false")
             cfg["sharing_changes"] = config["sharing_changes"]
-        rest.number_settings(config, cfg)
+        http_client.number_settings(config, cfg)
         return cfg
 
     def __init__(self, config):
         super().__init__(config)
-        self.http = rest.RestClient(self.config)
+        self.http = http_client.RestClient(self.config)
         self._token = None
         self._token_expires = 0.0
         self._drive_id = None
@@ -136,10 +136,10 @@ class SharePointConnector(Connector):
         })
         if response.status_code != 200:
             raise ConnectorError(self._token_failure(response))
-        body = rest.body_json(response, "the token answer")
+        body = http_client.body_json(response, "the token answer")
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise ConnectorError(f"the token answer from {rest.where(self._token_url)} has no access_token")
+            raise ConnectorError(f"the token answer from {http_client.where(self._token_url)} has no access_token")
         lifetime = body.get("expires_in", 3599)
         lifetime = lifetime if isinstance(lifetime, int) and not isinstance(lifetime, bool) else 3599
         self._token, self._token_expires = token, time.monotonic() + max(lifetime - TOKEN_MARGIN, 30)
@@ -152,7 +152,7 @@ class SharePointConnector(Connector):
             body = {}
         error = body.get("error") if isinstance(body, dict) else None
         description = str(body.get("error_description", "")) if isinstance(body, dict) else ""
-        reason = description.splitlines()[0].strip() if description else rest.short_body(response)
+        reason = description.splitlines()[0].strip() if description else http_client.short_body(response)
         hint = ""
         if error == "invalid_client":
             hint = " (check client_secret)"
@@ -160,16 +160,16 @@ class SharePointConnector(Connector):
             hint = " (check client_id)"
         elif "AADSTS90002" in description or "AADSTS900023" in description:
             hint = " (check tenant_id)"
-        return (f"cannot get an access token from {rest.where(self._token_url)}: HTTP {response.status_code}"
-                f"{rest.retried(response)} {error or ''}{hint}: {reason}").replace("  ", " ")
+        return (f"cannot get an access token from {http_client.where(self._token_url)}: HTTP {response.status_code}"
+                f"{http_client.retried(response)} {error or ''}{hint}: {reason}").replace("  ", " ")
 
     def _get(self, url: str, what: str, *, params=None, headers=None, stream=False, item_level=False, delta=False):
         """GET with the bearer token (renewed once if Graph says it expired). Returns the response for 2xx;
         raises ConnectorError otherwise, ItemError for a 404/403 when ``item_level``, _Resync for a delta feed's
         410 Gone."""
-        if rest.origin(url) != rest.origin(self.graph):
+        if http_client.origin(url) != http_client.origin(self.graph):
             # The bearer token would go with it: never follow a link to another host.
-            raise ConnectorError(f"{what}: link points to another host ({rest.where(url)}); not followed")
+            raise ConnectorError(f"{what}: link points to another host ({http_client.where(url)}); not followed")
         for attempt in (1, 2):
             sent = {"Authorization": f"Bearer {self._access_token(renew=attempt == 2)}", **(headers or {})}
             response = self.http.get(url, params=params, headers=sent, stream=stream)
@@ -187,11 +187,11 @@ class SharePointConnector(Connector):
             raise ItemError(f"{what}: HTTP {response.status_code} {detail}")
         hint = {401: " (Graph rejected the app's token)",
                 403: " (grant the app registration Sites.Read.All and admin consent)"}.get(response.status_code, "")
-        raise ConnectorError(f"{what}: HTTP {response.status_code}{rest.retried(response)} from "
-                             f"{rest.where(response.url)}{hint}: {detail}")
+        raise ConnectorError(f"{what}: HTTP {response.status_code}{http_client.retried(response)} from "
+                             f"{http_client.where(response.url)}{hint}: {detail}")
 
     def _json(self, url: str, what: str, **kwargs) -> dict:
-        body = rest.body_json(self._get(url, what, **kwargs), what)
+        body = http_client.body_json(self._get(url, what, **kwargs), what)
         if not isinstance(body, dict):
             raise ConnectorError(f"{what}: Graph answered a {type(body).__name__}, not an object")
         return body
@@ -238,7 +238,7 @@ class SharePointConnector(Connector):
         if not since or since.get("drive") != self._drive():
             return None
         link = since.get("delta_link")
-        if not isinstance(link, str) or rest.origin(link) != rest.origin(self.graph):
+        if not isinstance(link, str) or http_client.origin(link) != http_client.origin(self.graph):
             return None
         return since
 
@@ -246,18 +246,18 @@ class SharePointConnector(Connector):
         """The items of every page of a delta feed; the deltaLink that ends it goes into ``out``."""
         what = "delta feed"
         for _ in range(MAX_PAGES):
-            body = rest.body_json(self._get(url, what, params=params, headers=headers, delta=True), what)
+            body = http_client.body_json(self._get(url, what, params=params, headers=headers, delta=True), what)
             value = body.get("value") if isinstance(body, dict) else None
             if not isinstance(value, list):
-                raise ConnectorError(f"{what} page from {rest.where(url)} has no 'value' list")
+                raise ConnectorError(f"{what} page from {http_client.where(url)} has no 'value' list")
             yield from (item for item in value if isinstance(item, dict) and isinstance(item.get("id"), str))
             if body.get("@odata.nextLink"):
                 url, params = body["@odata.nextLink"], None
                 continue
             link = body.get("@odata.deltaLink")
             if not isinstance(link, str) or not link:
-                raise ConnectorError(f"the last {what} page from {rest.where(url)} has neither @odata.nextLink nor "
-                                     "@odata.deltaLink")
+                raise ConnectorError(f"the last {what} page from {http_client.where(url)} has neither "
+                                     "@odata.nextLink nor @odata.deltaLink")
             if out is not None:
                 out["delta_link"] = link
             return
@@ -328,7 +328,7 @@ class SharePointConnector(Connector):
         names: set[str] = set()
         url, params = f"{self._item_url(item_id)}/permissions", None
         for _ in range(100):
-            body = rest.body_json(self._get(url, "permissions", params=params, item_level=True), "permissions")
+            body = http_client.body_json(self._get(url, "permissions", params=params, item_level=True), "permissions")
             for permission in body.get("value", ()) if isinstance(body, dict) else ():
                 if not isinstance(permission, dict):
                     continue
@@ -368,7 +368,7 @@ class SharePointConnector(Connector):
             response = self._get(f"{self._item_url(item_id)}/content", f"content of {name!r}", stream=True,
                                  item_level=True)
             with response:
-                data = rest.read_capped(response, limit)
+                data = http_client.read_capped(response, limit)
             if data is None:
                 raise ItemError(f"file is over the {limit:,}-byte limit (MAX_DOCUMENT_BYTES)")
             return data

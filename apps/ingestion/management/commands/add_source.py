@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.ingestion.services import SourceError, create_source
+from apps.ingestion.sources import SourceError, create_source
 
 
 class Command(BaseCommand):

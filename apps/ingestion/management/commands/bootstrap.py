@@ -11,7 +11,7 @@ from django.db import transaction
 from apps.accounts.roles import ensure_roles
 from apps.compliance.audit import record
 from apps.ingestion.models import Source
-from apps.ingestion.services import create_source
+from apps.ingestion.sources import create_source
 
 DEMO_CORPUS = Path(settings.BASE_DIR) / "demo" / "corpus"
 DEMO_GROUPS = ("hr", "finance")

@@ -1,4 +1,5 @@
-"""What the REST connectors (SharePoint over Microsoft Graph, Confluence Cloud) share: a requests session whose
+"""What the HTTP-based connectors (the generic JSON API one, SharePoint over Microsoft Graph, Confluence Cloud) share:
+a requests session, held to the egress policy, whose
 urllib3 ``Retry`` retries transient failures only (connection errors and resets, timeouts, 429 and 5xx, with
 exponential backoff and ``Retry-After`` honoured), and failures turned into ConnectorError messages that name the
 endpoint without its query string (which may carry tokens)."""
@@ -13,7 +14,8 @@ from .base import ConfigError, ConnectorError, check_number, text_setting  # noq
 from .egress import GuardedAdapter, body_excerpt, check_url
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
-RETRY_AFTER_MAX = 120  # seconds: Graph and Atlassian ask for up to a couple of minutes when throttling
+RETRY_AFTER_MAX = 120  # seconds: Graph and Atlassian ask for up to a couple of minutes when throttling; longer: not
+# honoured as given (urllib3 waits this long at most)
 BACKOFF_MAX = 30  # seconds between two attempts at most
 DEFAULTS = {"timeout": 30, "max_retries": 5, "backoff_factor": 1.0}
 NUMBERS = (("timeout", 0.1, 300, False), ("max_retries", 0, 10, True), ("backoff_factor", 0, 60, False))
@@ -68,14 +70,14 @@ class RestClient:
     """One session per connector instance; ``get``/``post`` raise ConnectorError when no answer came at all and
     return the response (any status) otherwise."""
 
-    def __init__(self, config: dict, *, auth=None):
+    def __init__(self, config: dict, *, auth=None, headers=None, methods=("GET", "POST")):
         self.timeout = config.get("timeout", DEFAULTS["timeout"])
         self.max_retries = config.get("max_retries", DEFAULTS["max_retries"])
         retry = Retry(
             total=self.max_retries, connect=self.max_retries, read=self.max_retries, status=self.max_retries,
             other=0, redirect=5,
-            # POST only reaches token endpoints, where asking again is harmless.
-            allowed_methods=frozenset({"GET", "POST"}), status_forcelist=RETRY_STATUSES,
+            # POST reaches only token endpoints, where asking again is harmless; a connector may retry GET alone.
+            allowed_methods=frozenset(methods), status_forcelist=RETRY_STATUSES,
             backoff_factor=config.get("backoff_factor", DEFAULTS["backoff_factor"]), backoff_max=BACKOFF_MAX,
             respect_retry_after_header=True, retry_after_max=RETRY_AFTER_MAX,
             raise_on_status=False,  # the last response comes back, so its status and body can be reported
@@ -85,6 +87,7 @@ class RestClient:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update({"Accept": "application/json", "User-Agent": "ragsite-connector"})
+        session.headers.update(headers or {})
         session.auth = auth
         self.session = session
 
