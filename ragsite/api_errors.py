@@ -8,12 +8,13 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from .errors import FieldError
 
 
-def _first_message(errors, path=""):
+def first_message(errors, path=""):
+    """The first error of a DRF error structure as "field.path: message" (the API's `detail`)."""
     if isinstance(errors, dict):
         for key, value in errors.items():
-            return _first_message(value, f"{path}.{key}" if path else str(key))
+            return first_message(value, f"{path}.{key}" if path else str(key))
     if isinstance(errors, list) and errors:
-        return _first_message(errors[0], path)
+        return first_message(errors[0], path)
     return f"{path}: {errors}" if path and path != "non_field_errors" else str(errors)
 
 
@@ -24,9 +25,9 @@ def exception_handler(exc, context):
         exc = ValidationError({exc.field: [exc.message]})
     response = _request_limits(exc) or drf_exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict) and "detail" not in response.data:
-        response.data = {"detail": _first_message(response.data), "errors": response.data}
+        response.data = {"detail": first_message(response.data), "errors": response.data}
     elif response is not None and isinstance(response.data, list):
-        response.data = {"detail": _first_message(response.data), "errors": response.data}
+        response.data = {"detail": first_message(response.data), "errors": response.data}
     return response
 
 

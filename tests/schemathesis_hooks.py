@@ -4,7 +4,7 @@ Rules between two fields cannot be written in JSON Schema, so a positive case ge
 break one and be refused, rightly, with a 400. These hooks make positive cases obey them, touching only values
 that are valid on their own; negative cases are left as generated.
 
-- search/: `offset + top_k <= SEARCH_MAX_WINDOW` (apps/retrieval/search.py)
+- search/: `offset + top_k <= SEARCH_MAX_WINDOW` (apps/retrieval/api/serializers.py)
 - search/ and answer/: `filters.modified_after` earlier than `filters.modified_before`
 
 A writer's run (tests/test_api_schema.py sets SCHEMATHESIS_TARGETS) also aims three of four positive cases at

@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from apps.compliance.audit import client_ip, record
+from apps.compliance.audit import record
 from apps.ingestion.embedding import get_embedder
 from ragsite.errors import FieldError
 
 from . import generator
+from .index import IndexFilter
 from .search import SearchResult, query_fingerprint, search
 
 ANSWER_MAX_TOP_K = 20
@@ -199,9 +200,9 @@ def _generated_citations(text: str, results: list[SearchResult]) -> list[Citatio
 # --- the service -------------------------------------------------------------------------------------------
 
 
-def answer(user, query: str, *, top_k: int = ANSWER_DEFAULT_TOP_K, filters: dict | None = None,
+def answer(user, query: str, *, top_k: int = ANSWER_DEFAULT_TOP_K, filters: IndexFilter | None = None,
            mode: str = "hybrid", alpha: float | None = None, fusion: str = "relative_score",
-           max_sentences: int = ANSWER_DEFAULT_SENTENCES, generate: bool = False, request=None) -> Answer:
+           max_sentences: int = ANSWER_DEFAULT_SENTENCES, generate: bool = False, ip: str | None = None) -> Answer:
     """An answer to ``query`` with numbered citations, drawn only from chunks search() returns for ``user``."""
     started = time.perf_counter()
     query = (query or "").strip()
@@ -213,7 +214,7 @@ def answer(user, query: str, *, top_k: int = ANSWER_DEFAULT_TOP_K, filters: dict
         raise AnswerError("generate", "no answer generator is configured on this server (ANSWER_LLM_URL)")
     # search() is the permission choke point: nothing below sees a chunk it did not return.
     results, _ = search(user, query, top_k=top_k, filters=filters, mode=mode, alpha=alpha, fusion=fusion,
-                        request=request)
+                        ip=ip)
     result = Answer(answer="")
     if results:
         if generate:
@@ -231,7 +232,7 @@ def answer(user, query: str, *, top_k: int = ANSWER_DEFAULT_TOP_K, filters: dict
     record(
         "answer",
         actor=user,
-        ip=client_ip(request),
+        ip=ip,
         data={
             "query_hmac": query_fingerprint(query),
             "top_k": top_k,

@@ -10,7 +10,7 @@ import numpy as np
 from django.conf import settings
 
 from apps.accounts.access import access_scope
-from apps.compliance.audit import client_ip, record
+from apps.compliance.audit import record
 from apps.compliance.labels import CLASSIFICATIONS
 from apps.ingestion.embedding import get_embedder
 from apps.ingestion.models import Source
@@ -18,7 +18,7 @@ from ragsite.errors import FieldError
 
 from .filter_dates import parse_moment
 from .index import IndexFilter, IndexUnavailable, get_index
-from .index.fusion import FUSIONS, MODES, rocchio
+from .index.fusion import rocchio
 from .readable import readable_chunk_rows
 
 FILTER_KEYS = ("source", "classification", "modified_after", "modified_before")
@@ -147,6 +147,29 @@ def query_fingerprint(query: str) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), query.encode(), hashlib.sha256).hexdigest()
 
 
+def _result(hit, row, how: dict | None) -> SearchResult:
+    """A hit the re-check let through, with its citation fields (and, when asked, how it was scored)."""
+    document_id, title, source_name, uri, heading, page, text = row
+    explain = {**how, "dense": hit.dense, "lexical": hit.lexical} if how is not None else None
+    return SearchResult(chunk_id=hit.chunk_id, document_id=str(document_id), document_title=title,
+                        source=source_name, uri=uri, heading=heading, page=page, text=text,
+                        score=round(hit.score, 6), explain=explain)
+
+
+def _served_mode(index, mode: str) -> tuple[str, list]:
+    """The mode actually served, and why it differs: lexical-only while the index holds another model's vectors."""
+    if mode == "lexical":
+        return mode, []
+    stale = index.stale_chunks()
+    if not stale:
+        return mode, []
+    reason = (f"{stale} chunks carry vectors of another embedding model than {get_embedder().name!r} "
+              f"(dimension {get_embedder().dimension}); run `manage.py reembed`")
+    if mode == "dense":
+        raise DenseUnavailable(f"dense search is off until the vectors are re-embedded: {reason}")
+    return "lexical", [f"served lexical-only: {reason}"]
+
+
 def feedback_vector(index, vector, scope, query: str, *, alpha: float, fusion: str, filters):
     """The query vector after Rocchio pseudo-relevance feedback (index/fusion.py ``rocchio``) from the top
     SEARCH_HYBRID_PRF_DEPTH chunks of a first hybrid ranking with the same scope, filters, alpha and fusion.
@@ -172,57 +195,32 @@ def _readable_chunks(scope, flt: IndexFilter, chunk_ids: list[str]) -> dict[str,
     return {str(row[0]): row[1:] for row in rows}
 
 
-def search(user, query: str, *, top_k: int = 10, filters: dict | None = None, mode: str = "hybrid",
-           alpha: float | None = None, fusion: str = "relative_score", explain: bool = False, request=None):
+def search(user, query: str, *, top_k: int = 10, filters: IndexFilter | None = None, mode: str = "hybrid",
+           alpha: float | None = None, fusion: str = "relative_score", explain: bool = False, ip: str | None = None):
     """Ranked chunks the user may read. Returns (results, took_ms); see search_page for the parameters."""
     page = search_page(user, query, top_k=top_k, filters=filters, mode=mode, alpha=alpha, fusion=fusion,
-                       explain=explain, request=request)
+                       explain=explain, ip=ip)
     return page.results, page.took_ms
 
 
-def search_page(user, query: str, *, top_k: int = 10, offset: int = 0, filters: dict | None = None,
+def search_page(user, query: str, *, top_k: int = 10, offset: int = 0, filters: IndexFilter | None = None,
                 mode: str = "hybrid", alpha: float | None = None, fusion: str = "relative_score",
-                explain: bool = False, request=None) -> SearchPage:
-    """One page of the ranked chunks the user may read.
+                explain: bool = False, ip: str | None = None) -> SearchPage:
+    """One page of the ranked chunks the user may read. The values are valid: SearchRequestSerializer checked them
+    (the API, answer/ and `manage.py search` all go through it).
 
-    ``mode``: hybrid (default), dense or lexical; ``alpha``: the dense side's weight in hybrid mode (default
-    settings.SEARCH_HYBRID_ALPHA); ``fusion``: relative_score (default) or rrf; ``filters``: see parse_filters;
-    ``offset``/``top_k``: the page, offset + top_k <= SEARCH_MAX_WINDOW. While the index holds vectors of another
-    embedding model than EMBEDDING_MODEL (after a model change, before `manage.py reembed`), dense scores would
-    compare vectors of two models: hybrid is then served lexical-only (``served_mode`` and a warning say so) and
-    dense raises DenseUnavailable (503)."""
+    ``mode``: hybrid, dense or lexical (MODES); ``alpha``: the dense side's weight in hybrid mode (None:
+    settings.SEARCH_HYBRID_ALPHA); ``fusion``: FUSIONS; ``filters``: parse_filters' IndexFilter; ``offset``/``top_k``:
+    the page, offset + top_k <= SEARCH_MAX_WINDOW; ``ip``: the caller's address, for the audit. While the index holds
+    vectors of another embedding model than EMBEDDING_MODEL (after a model change, before `manage.py reembed`),
+    dense scores would compare vectors of two models: hybrid is then served lexical-only (``served_mode`` and a
+    warning say so) and dense raises DenseUnavailable (503)."""
     started = time.perf_counter()
-    query = (query or "").strip()
-    if not query:
-        raise SearchError("query", "must not be empty")
-    if len(query) > settings.SEARCH_MAX_QUERY_CHARS:
-        raise SearchError("query", f"must be at most {settings.SEARCH_MAX_QUERY_CHARS} characters")
-    if not 1 <= top_k <= settings.SEARCH_MAX_TOP_K:
-        raise SearchError("top_k", f"must be between 1 and {settings.SEARCH_MAX_TOP_K}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise SearchError("offset", "must be a whole number, 0 or more")
-    if offset + top_k > SEARCH_MAX_WINDOW:
-        raise SearchError("offset", f"offset + top_k must be at most {SEARCH_MAX_WINDOW} (the deepest page)")
-    if mode not in MODES:
-        raise SearchError("mode", f"must be one of {', '.join(MODES)}")
-    if fusion not in FUSIONS:
-        raise SearchError("fusion", f"must be one of {', '.join(FUSIONS)}")
     alpha = settings.SEARCH_HYBRID_ALPHA if alpha is None else alpha
-    if not 0 <= alpha <= 1:
-        raise SearchError("alpha", "must be between 0 and 1")
-    flt = parse_filters(filters)
+    flt = filters or IndexFilter()
     scope = access_scope(user)
     index = get_index()
-    served_mode, warnings = mode, []
-    if mode != "lexical":
-        stale = index.stale_chunks()
-        if stale:
-            reason = (f"{stale} chunks carry vectors of another embedding model than {get_embedder().name!r} "
-                      f"(dimension {get_embedder().dimension}); run `manage.py reembed`")
-            if mode == "dense":
-                raise DenseUnavailable(f"dense search is off until the vectors are re-embedded: {reason}")
-            served_mode = "lexical"
-            warnings.append(f"served lexical-only: {reason}")
+    served_mode, warnings = _served_mode(index, mode)
     window = offset + top_k
     hits = []
     if not scope.empty:
@@ -237,39 +235,20 @@ def search_page(user, query: str, *, top_k: int = 10, offset: int = 0, filters: 
     # Second gate against a revocation newer than the index's last refresh: fail closed. The filters are
     # re-checked too, so a relabelled or re-dated document is never returned against its filter.
     rows = _readable_chunks(scope, flt, [h.chunk_id for h in hits])
-    results = []
-    for hit in hits:
-        row = rows.get(hit.chunk_id)
-        if row is None:  # deleted, revoked or changed since the index last refreshed
-            continue
-        document_id, title, source_name, uri, heading, page, text = row
-        results.append(
-            SearchResult(
-                chunk_id=hit.chunk_id,
-                document_id=str(document_id),
-                document_title=title,
-                source=source_name,
-                uri=uri,
-                heading=heading,
-                page=page,
-                text=text,
-                score=round(hit.score, 6),
-                explain={"mode": served_mode, "alpha": alpha if served_mode == "hybrid" else None, "fusion": fusion,
-                         "dense": hit.dense, "lexical": hit.lexical} if explain else None,
-            )
-        )
+    how = {"mode": served_mode, "alpha": alpha if served_mode == "hybrid" else None, "fusion": fusion}
+    results = [_result(hit, rows[hit.chunk_id], how if explain else None) for hit in hits if hit.chunk_id in rows]
     took_ms = round((time.perf_counter() - started) * 1000, 2)
     record(
         "search",
         actor=user,
-        ip=client_ip(request),
+        ip=ip,
         data={
             "query_hmac": query_fingerprint(query),
             "top_k": top_k,
             "offset": offset,
             "mode": mode,
             "served_mode": served_mode,
-            "filters": filters or {},
+            "filters": flt.describe(),
             "chunk_ids": [r.chunk_id for r in results],
         },
     )

@@ -7,7 +7,9 @@ from apps.compliance.labels import CLASSIFICATIONS
 from ragsite.serializers import RejectUnknownFields
 
 from ..answer import ANSWER_DEFAULT_SENTENCES, ANSWER_DEFAULT_TOP_K, ANSWER_MAX_SENTENCES, ANSWER_MAX_TOP_K
-from ..search import SEARCH_MAX_WINDOW
+from ..index import IndexFilter
+from ..index.fusion import FUSIONS, MODES
+from ..search import SEARCH_MAX_WINDOW, SearchError, parse_filters
 
 # A longer list was passed to the database whole (SQLite: "too many SQL variables", a 500); no one names more.
 FILTER_MAX_SOURCES = 1000
@@ -65,13 +67,18 @@ class _SearchFiltersSchema(OpenApiSerializerExtension):
 
 @extend_schema_field(SearchFiltersSerializer)
 class FiltersField(serializers.DictField):
+    """``filters`` as the IndexFilter the search applies (search.parse_filters names the bad key)."""
+
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
         sources = value.get("source")
         if isinstance(sources, list) and len(sources) > FILTER_MAX_SOURCES:
             raise serializers.ValidationError({"source": [f"at most {FILTER_MAX_SOURCES} sources, got "
                                                           f"{len(sources):,}"]})
-        return value
+        try:
+            return parse_filters(value)
+        except SearchError as exc:
+            raise serializers.ValidationError({exc.field.removeprefix("filters."): [exc.message]}) from exc
 
 
 class SearchRequestSerializer(RejectUnknownFields, serializers.Serializer):
@@ -80,12 +87,18 @@ class SearchRequestSerializer(RejectUnknownFields, serializers.Serializer):
                                      help_text="results per page")
     offset = serializers.IntegerField(min_value=0, max_value=SEARCH_MAX_WINDOW - 1, default=0,
                                       help_text=f"results to skip (pagination); offset + top_k <= {SEARCH_MAX_WINDOW}")
-    filters = FiltersField(required=False, default=dict)
-    mode = serializers.ChoiceField(choices=["hybrid", "dense", "lexical"], default="hybrid")
+    filters = FiltersField(required=False, default=IndexFilter)
+    mode = serializers.ChoiceField(choices=MODES, default="hybrid")
     alpha = serializers.FloatField(min_value=0, max_value=1, required=False,
                                    help_text="hybrid: weight of the dense side (1 = dense only)")
-    fusion = serializers.ChoiceField(choices=["relative_score", "rrf"], default="relative_score")
+    fusion = serializers.ChoiceField(choices=FUSIONS, default="relative_score")
     explain = serializers.BooleanField(default=False, help_text="add each side's score to every result")
+
+    def validate(self, attrs):
+        if attrs.get("offset", 0) + attrs["top_k"] > SEARCH_MAX_WINDOW:
+            raise serializers.ValidationError({"offset": [f"offset + top_k must be at most {SEARCH_MAX_WINDOW} "
+                                                          "(the deepest page)"]})
+        return attrs
 
 
 class SearchResultSerializer(serializers.Serializer):

@@ -4,6 +4,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import HasCapability
+from apps.compliance.audit import client_ip
 from ragsite.parsers import BoundedJSONParser
 
 from .. import answer as answers
@@ -45,7 +46,7 @@ class SearchView(_QueryView):
     request_serializer = SearchRequestSerializer
 
     def run(self, request, **params):
-        return search_page(request.user, request=request, **params).as_dict()
+        return search_page(request.user, ip=client_ip(request), **params).as_dict()
 
 
 @extend_schema_view(post=extend_schema(request=AnswerRequestSerializer, responses=AnswerResponseSerializer))
@@ -53,4 +54,4 @@ class AnswerView(_QueryView):
     request_serializer = AnswerRequestSerializer
 
     def run(self, request, **params):
-        return answers.as_dict(answers.answer(request.user, request=request, **params))
+        return answers.as_dict(answers.answer(request.user, ip=client_ip(request), **params))

@@ -30,6 +30,14 @@ class IndexFilter:
     def empty(self) -> bool:
         return self == IndexFilter()
 
+    def describe(self) -> dict:
+        """What the filter applies, as JSON (for the audit log): source ids, labels, ISO moments."""
+        parts = {"source": sorted(self.source_ids) if self.source_ids is not None else None,
+                 "classification": sorted(self.classifications) if self.classifications is not None else None,
+                 "modified_after": self.modified_after.isoformat() if self.modified_after else None,
+                 "modified_before": self.modified_before.isoformat() if self.modified_before else None}
+        return {key: value for key, value in parts.items() if value is not None}
+
     @property
     def cache_key(self) -> tuple:
         return (

@@ -3,8 +3,11 @@ import json
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.retrieval.api.serializers import SearchRequestSerializer
 from apps.retrieval.index import IndexUnavailable
-from apps.retrieval.search import SearchError, search_page
+from apps.retrieval.index.fusion import MODES
+from apps.retrieval.search import search_page
+from ragsite.api_errors import first_message
 
 
 class Command(BaseCommand):
@@ -15,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--user", required=True)
         parser.add_argument("--top-k", type=int, default=10, help="results per page")
         parser.add_argument("--offset", type=int, default=0, help="results to skip (the API's offset)")
-        parser.add_argument("--mode", choices=["hybrid", "dense", "lexical"], default="hybrid")
+        parser.add_argument("--mode", choices=MODES, default="hybrid")
         parser.add_argument("--alpha", type=float, default=None, help="hybrid: the dense side's weight (0..1)")
         parser.add_argument("--source", action="append", help="only this source (name or id); repeatable")
         parser.add_argument("--classification", action="append",
@@ -38,10 +41,15 @@ class Command(BaseCommand):
         for key in ("modified_after", "modified_before"):
             if options[key]:
                 filters[key] = options[key]
+        # The API's own serializer: the command accepts and refuses exactly what search/ does.
+        request = {"query": query, "top_k": top_k, "offset": offset, "mode": mode, "filters": filters}
+        if alpha is not None:
+            request["alpha"] = alpha
+        params = SearchRequestSerializer(data=request)
+        if not params.is_valid():
+            raise CommandError(first_message(params.errors))
         try:
-            page = search_page(account, query, top_k=top_k, offset=offset, mode=mode, alpha=alpha, filters=filters)
-        except SearchError as exc:
-            raise CommandError(str(exc)) from exc
+            page = search_page(account, **params.validated_data)
         except IndexUnavailable as exc:
             raise CommandError(f"search index unavailable: {exc}") from exc
         if as_json:
