@@ -119,7 +119,7 @@ def test_a_file_replaced_by_a_fifo_after_listing_is_refused_when_read(folder, ro
 def test_cancel_stops_a_run_whose_connector_is_slow_between_documents(folder, roles, monkeypatch):
     """The connector stalls (a hung share) after its first document; a cancel from elsewhere ends the run
     within a heartbeat instead of whenever the connector answers again."""
-    monkeypatch.setattr(sync, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(sync.job, "HEARTBEAT_SECONDS", 1)
     release = threading.Event()
     listed = threading.Event()
     original = FileSystemConnector.documents
@@ -161,7 +161,7 @@ def test_cancel_stops_a_run_whose_connector_is_slow_between_documents(folder, ro
 
 def test_a_slow_listing_keeps_beating(folder, roles, monkeypatch):
     """While the connector is slow the heartbeat goes on, so the reaper does not take a live run for dead."""
-    monkeypatch.setattr(sync, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(sync.job, "HEARTBEAT_SECONDS", 0.2)
     original_documents, original_beat = FileSystemConnector.documents, sync._SyncJob._heartbeat
     stalls, beats = [], []
 

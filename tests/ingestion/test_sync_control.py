@@ -39,7 +39,7 @@ def test_cancel_a_pending_run(source, operator):
 
 
 def test_cancel_a_running_run_stops_it_between_documents(source, monkeypatch):
-    monkeypatch.setattr(sync, "HEARTBEAT_SECONDS", 0)
+    monkeypatch.setattr(sync.job, "HEARTBEAT_SECONDS", 0)
     processed = []
     original = sync._SyncJob._process
 
