@@ -29,6 +29,9 @@ from django.conf import settings
 from django.db import connection
 
 from apps.compliance.labels import CLASSIFICATIONS
+from apps.ingestion.embedding import get_embedder
+from apps.retrieval.models import IndexChange
+from apps.retrieval.outbox import compacted_through, outbox_head, synced_through
 
 from ..lexical import bm25_scores, term_rows
 from . import projection
@@ -150,8 +153,6 @@ class EmbeddedIndex(VectorIndex):
 
     @property
     def model_name(self) -> str:
-        from apps.ingestion.embedding import get_embedder
-
         return get_embedder().name
 
     @property
@@ -203,7 +204,6 @@ class EmbeddedIndex(VectorIndex):
         state.doc_code_of = {m.document_id: c for c, m in state.docs.items()}
         state.seq = int(meta["seq"])
         state.next_code = max(state.docs, default=-1) + 1
-        from apps.retrieval.outbox import compacted_through
 
         if state.seq < compacted_through():
             logger.info("index snapshot %s (outbox #%d) is older than the compacted outbox; building from the "
@@ -212,8 +212,6 @@ class EmbeddedIndex(VectorIndex):
         return state
 
     def _build_from_db(self) -> _State:
-        from apps.retrieval.outbox import outbox_head
-
         seq = outbox_head()
         self._vocab = {}
         state = self._with_documents(_State.empty(self._dimension()), None)
@@ -221,8 +219,6 @@ class EmbeddedIndex(VectorIndex):
         return state
 
     def _dimension(self) -> int:
-        from apps.ingestion.embedding import get_embedder
-
         return get_embedder().dimension
 
     def _with_documents(self, state: _State, document_ids) -> _State:
@@ -311,9 +307,6 @@ class EmbeddedIndex(VectorIndex):
     # --- keeping current -----------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        from apps.retrieval.models import IndexChange
-        from apps.retrieval.outbox import compacted_through
-
         self._ensure_loaded()
         with self._lock:
             state = self._state
@@ -346,7 +339,6 @@ class EmbeddedIndex(VectorIndex):
     def _behind_a_finished_sync(self) -> bool:
         # One indexed query per search. Not the bare outbox head: during a sync it moves with every document, and
         # each refresh copies the whole matrix, so searches would pay that per document instead of per second.
-        from apps.retrieval.outbox import synced_through
 
         state = self._state
         return state is not None and synced_through() > state.seq

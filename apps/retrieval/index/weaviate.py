@@ -59,6 +59,11 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
+from apps.ingestion.embedding import get_embedder
+from apps.ingestion.models import Document
+from apps.retrieval.models import IndexChange, IndexCursor
+from apps.retrieval.outbox import compacted_through, log_index_change, outbox_head, synced_through
+
 from . import projection
 from .base import IndexFilter, IndexUnavailable, SearchHit, VectorIndex
 
@@ -323,8 +328,6 @@ class WeaviateIndex(VectorIndex):
 
     @property
     def model_name(self) -> str:
-        from apps.ingestion.embedding import get_embedder
-
         return get_embedder().name
 
     @property
@@ -332,8 +335,6 @@ class WeaviateIndex(VectorIndex):
         return f"weaviate:{self.collection_name}:{self.tenant or '-'}:{self.model_name}"
 
     def _reset_cursor(self):
-        from apps.retrieval.models import IndexCursor
-
         self._known_seq = 0
         IndexCursor.objects.filter(key=self.cursor_key).update(seq=None)
 
@@ -342,8 +343,6 @@ class WeaviateIndex(VectorIndex):
     def refresh(self, *, wait: bool = True) -> None:
         """Apply the outbox after the cursor (a full import when never loaded). With ``wait=False`` a refresh
         another process or thread is running is left to finish the job."""
-        from apps.retrieval.models import IndexCursor
-        from apps.retrieval.outbox import compacted_through
 
         self._connected()
         IndexCursor.objects.get_or_create(key=self.cursor_key)
@@ -370,8 +369,6 @@ class WeaviateIndex(VectorIndex):
             self._retry_at = self._last_refresh + FAILED_RETRY_SECONDS
 
     def refresh_if_due(self) -> None:
-        from apps.retrieval.models import IndexChange, IndexCursor
-
         now = time.monotonic()
         if now < self._retry_at:
             return
@@ -390,8 +387,6 @@ class WeaviateIndex(VectorIndex):
     def _behind_a_finished_sync(self) -> bool:
         """Has a sync ended past the shared cursor? One index probe per search; the cursor row is read only when
         an ended sync is past where this process last saw it (a never-loaded cursor is left to the timed path)."""
-        from apps.retrieval.models import IndexCursor
-        from apps.retrieval.outbox import synced_through
 
         synced = synced_through()
         if synced <= self._known_seq:
@@ -401,8 +396,6 @@ class WeaviateIndex(VectorIndex):
         return seq is not None and synced > seq
 
     def rebuild(self) -> int:
-        from apps.retrieval.models import IndexCursor
-
         self._connected()
         IndexCursor.objects.get_or_create(key=self.cursor_key)
         with self._apply_lock, transaction.atomic():
@@ -415,8 +408,6 @@ class WeaviateIndex(VectorIndex):
 
     def _import_all(self, cursor) -> int:
         """Empty the index and import every chunk; documents Weaviate rejects go back into the outbox."""
-        from apps.ingestion.models import Document
-        from apps.retrieval.outbox import log_index_change, outbox_head
 
         seq = outbox_head()
         client = self._connected()
@@ -436,8 +427,6 @@ class WeaviateIndex(VectorIndex):
         return imported
 
     def _apply_outbox(self, cursor):
-        from apps.retrieval.models import IndexChange
-
         client = self._connected()
         read_to, stuck_at = cursor.seq, None
         while True:
@@ -620,8 +609,6 @@ class WeaviateIndex(VectorIndex):
             after = page.objects[-1].uuid
 
     def status(self) -> dict:
-        from apps.retrieval.models import IndexChange, IndexCursor
-
         client = self._connected()
         if not self._call("readiness probe", client.is_live, deadline=min(self.timeout, 2.0)):
             raise self._unreachable("REST /v1/.well-known/live or the gRPC health check failed")
@@ -643,8 +630,6 @@ class WeaviateIndex(VectorIndex):
 
 
 def _current_dimension() -> int:
-    from apps.ingestion.embedding import get_embedder
-
     return get_embedder().dimension
 
 
