@@ -153,6 +153,10 @@ class SyncAccess:
         self.access = SourceAccess(self.source_id)
         self._checked = time.monotonic()
 
+    def readers(self, document_id, acl_groups) -> list[str]:
+        """What principals() gives, recording nothing (for the error entry of an item that failed)."""
+        return self.access.principals(document_id, _normalise_groups(acl_groups))
+
     def principals(self, document_id, acl_groups) -> list[str]:
         if time.monotonic() - self._checked >= VERSION_CHECK_SECONDS:
             if _current_version() != self.version:

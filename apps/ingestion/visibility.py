@@ -44,6 +44,12 @@ def visible_sources(queryset, user, token=None):
     return readable_sources(queryset, user)
 
 
+def failure_scope(user, token=None):
+    """Whose failed items a caller may see named in a run's errors: None (every one) with ``administer_sources``,
+    else the caller's access scope, matched against each item's readers."""
+    return None if has_capability(user, ADMINISTER, token) else access_scope(user)
+
+
 def visible_sync_runs(queryset, user, token=None):
     if has_capability(user, ADMINISTER, token):
         return queryset

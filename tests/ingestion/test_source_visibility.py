@@ -92,3 +92,28 @@ def test_a_grant_on_the_source_makes_it_visible(hr_source, personas):
     grants.grant(source, user=personas["bob"])
     assert client.get(f"/api/v1/sources/{source.pk}/").status_code == 200
     assert client.get(f"/api/v1/sync-runs/{run.pk}/").status_code == 200
+
+
+def test_failures_in_a_narrower_sub_folder_are_named_only_to_its_readers(roles, personas, tmp_path, settings):
+    """A source every signed-in user reads may hold a sub-folder narrowed by its sidecar: the run shows a failing
+    file there only to those who could read it, while the source's other failures stay visible to all."""
+    settings.MAX_DOCUMENT_BYTES = 200
+    root = write_corpus(tmp_path / "share", {
+        "handbook.txt": "Holidays are 30 days a year.",
+        "too-long.txt": "An open file over the size limit. " * 20,
+        "hr/.ragsite-access.json": '{"groups": ["hr"]}',
+        f"hr/{SECRET_FILE}": "Names of people to be let go. " * 20,
+    })
+    source = create_source(name="share", config={"path": str(root)})
+    run = sync_now(source)
+    assert run.status == "partial" and SECRET_FILE in str(run.errors)
+
+    def named(who) -> list:
+        response = token_client(personas[who]).get(f"/api/v1/sync-runs/{run.pk}/")
+        assert response.status_code == 200
+        return sorted(e["item"] for e in response.json()["errors"])
+
+    assert named("bob") == named("viewer") == ["too-long.txt"]
+    assert named("alice") == named("admin") == [f"hr/{SECRET_FILE}", "too-long.txt"]
+    listing = token_client(personas["bob"]).get("/api/v1/sync-runs/").content.decode()
+    assert SECRET_FILE not in listing and "too-long.txt" in listing

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ragsite.serializers import RejectUnknownFields, StrictBooleanField
@@ -7,9 +8,24 @@ from ..models import Chunk, Document, Source, SyncRun
 from ..secrets import mask_config
 
 
+class SyncErrorSerializer(serializers.Serializer):
+    item = serializers.CharField(help_text="the failed item's id at its source (a file's path, a row's id)")
+    reason = serializers.CharField()
+
+
 class SyncRunSerializer(serializers.ModelSerializer):
+    """A run. Its failed items are listed only to callers who could read them had they been indexed (the context's
+    ``scope``; none: every entry): a source readable by all may hold narrower sub-folders."""
+
     source = serializers.SlugRelatedField(slug_field="name", read_only=True)
     counts = serializers.DictField(read_only=True)
+    errors = serializers.SerializerMethodField()
+
+    @extend_schema_field(SyncErrorSerializer(many=True))
+    def get_errors(self, run) -> list:
+        scope = self.context.get("scope")
+        return [{"item": e.get("item"), "reason": e.get("reason")} for e in run.errors
+                if scope is None or "readers" not in e or scope.allows(e["readers"])]
 
     class Meta:
         model = SyncRun

@@ -20,7 +20,7 @@ from .. import changes
 from .. import sources as source_service
 from ..models import Document, Source, SyncRun
 from ..sync import CancelError, SyncEnqueueError, cancel_sync, request_sync
-from ..visibility import visible_sources, visible_sync_runs
+from ..visibility import failure_scope, visible_sources, visible_sync_runs
 from .serializers import (
     DocumentDetailSerializer,
     DocumentSerializer,
@@ -139,6 +139,10 @@ class SyncRunViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         runs = SyncRun.objects.select_related("source")
         return visible_sync_runs(runs, self.request.user, token_of(self.request))
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(),
+                "scope": failure_scope(self.request.user, token_of(self.request))}
 
     @extend_schema(request=None, responses={202: SyncRunSerializer, 409: ErrorSerializer})
     @action(detail=True, methods=["post"])

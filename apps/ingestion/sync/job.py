@@ -223,34 +223,43 @@ class _SyncJob(EmbeddingBatches, DocumentWriter):
             self.run.heartbeat_at = now
             self._last_beat = now
 
-    def _fail(self, external_id: str, reason: str):
+    def _fail(self, external_id: str, reason: str, raw=None):
+        """Record a failed item. Its entry carries the readers the item would have had (``raw`` given): the API
+        shows an item's name only to them, since a source's failures may lie in narrower sub-folders."""
         run = self.run
         run.items_failed += 1
         if len(run.errors) < MAX_RECORDED_ERRORS:
-            run.errors.append({"item": external_id, "reason": reason})
+            entry = {"item": external_id, "reason": reason}
+            if raw is not None:
+                entry["readers"] = self._sync_access_rules().readers(
+                    document_id_for(self.source.pk, raw.external_id), raw.groups)
+            run.errors.append(entry)
         Document.objects.filter(source=self.source, external_id=external_id).update(last_error=reason[:2000])
         logger.warning("sync %s: %s failed: %s", run.pk, external_id, reason)
 
     def _principals(self, raw) -> list[str]:
         # Connector ACL or source readers, then the document's own grants or restriction: the one rule, in
         # apps.ingestion.grants (which also records the connector's ACL, so a grant changed later can recompute it).
+        return self._sync_access_rules().principals(document_id_for(self.source.pk, raw.external_id), raw.groups)
+
+    def _sync_access_rules(self) -> SyncAccess:
         if getattr(self, "_grants", None) is None:
             self._grants = SyncAccess(self.source.pk)
-        return self._grants.principals(document_id_for(self.source.pk, raw.external_id), raw.groups)
+        return self._grants
 
     def _process(self, raw, known_hash: str | None):
         unstorable = _unstorable_id(raw.external_id)
         if unstorable:
-            self._fail(raw.external_id.encode("utf-8", "backslashreplace").decode(), unstorable)
+            self._fail(raw.external_id.encode("utf-8", "backslashreplace").decode(), unstorable, raw)
             return
         try:
             data = raw.read()
         except ItemError as exc:
-            self._fail(raw.external_id, str(exc))
+            self._fail(raw.external_id, str(exc), raw)
             return
         classification = raw.classification or self.source.classification
         if classification not in CLASSIFICATIONS:
-            self._fail(raw.external_id, f"unknown classification {classification!r}")
+            self._fail(raw.external_id, f"unknown classification {classification!r}", raw)
             return
         content_hash = hashlib.sha256(data).hexdigest()
         if raw.hashed_metadata is not None:
@@ -278,7 +287,7 @@ class _SyncJob(EmbeddingBatches, DocumentWriter):
             if not drafts:
                 raise ParseError("no text left after parsing")
         except ParseError as exc:
-            self._fail(raw.external_id, str(exc))
+            self._fail(raw.external_id, str(exc), raw)
             return
         inputs = [passage_text(parsed.title, d.heading, d.text) for d in drafts]
         item = _Pending(raw, document_id, parsed, drafts, inputs, content_hash, len(data), principals, known_hash,

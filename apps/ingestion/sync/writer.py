@@ -41,7 +41,7 @@ class DocumentWriter:
                 try:
                     self._write([one])
                 except DatabaseError as exc:
-                    self._fail(one[0].raw.external_id, f"database refused the document: {exc}")
+                    self._fail(one[0].raw.external_id, f"database refused the document: {exc}", one[0].raw)
 
     def _write(self, batch):
         ids = [item.document_id for item, _ in batch]
