@@ -185,6 +185,11 @@ class SyncRun(models.Model):
     chunks_embedded = models.PositiveIntegerField(default=0)
     embedding_cache_hits = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True, help_text="[{item, reason}] per failed document")
+    error_readers = models.JSONField(
+        default=list, blank=True,
+        help_text="Per entry of errors, the principals that could have read the item (the API names an item only to "
+                  "them); null where unknown",
+    )
     message = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False, help_text="The worker stops at its next heartbeat")
     allow_mass_delete = models.BooleanField(

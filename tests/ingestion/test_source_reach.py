@@ -217,3 +217,36 @@ def test_a_proxy_from_the_environment_is_held_to_the_policy(settings, internal, 
     with pytest.raises(EgressDenied):
         RestClient({"max_retries": 0}).get("http://93.184.216.34/wiki/rest/api/space/ENG")
     assert _Internal.hits == 0
+
+
+# --- SQL and S3 sources are held to the same egress policy -----------------------------------------------------
+
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"
+ONE_ROW = {"query": "SELECT 1 AS id, 'hello' AS body", "id_column": "id", "text_template": "{body}"}
+
+
+def test_sql_source_on_an_internal_database_is_refused_by_default(pat, settings):
+    settings.CONNECTOR_EGRESS_ALLOW = []
+    response = token_client(pat).post("/api/v1/sources/", {"name": "probe-db", "kind": "sql",
+                                                           "config": {"url": MARIADB, **ONE_ROW}}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith("config.url:") and "CONNECTOR_EGRESS_ALLOW" in response.json()["detail"]
+    assert not Source.objects.exists()
+
+
+def test_sql_source_is_checked_again_before_each_connection(roles, settings):
+    source = create_source(name="kb-db", kind="sql", config={"url": MARIADB, **ONE_ROW})  # allowed: loopback
+    assert sync_now(source).status == SyncRun.SUCCEEDED
+    settings.CONNECTOR_EGRESS_ALLOW = []  # the operator narrows the policy; the stored source must follow it
+    run = sync_now(source)
+    assert run.status == SyncRun.FAILED and "CONNECTOR_EGRESS_ALLOW" in run.message, run.message
+
+
+def test_s3_endpoint_on_loopback_is_refused_by_default(pat, settings):
+    settings.CONNECTOR_EGRESS_ALLOW = []
+    response = token_client(pat).post("/api/v1/sources/", {"name": "probe-s3", "kind": "s3", "config": {
+        "bucket": "docs", "endpoint_url": "http://127.0.0.1:9000", "access_key_id": "AKIAEXAMPLE",
+        "secret_access_key": "example-secret"}}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith("config.endpoint_url:")
+    assert "CONNECTOR_EGRESS_ALLOW" in response.json()["detail"]

@@ -24,8 +24,9 @@ class SyncRunSerializer(serializers.ModelSerializer):
     @extend_schema_field(SyncErrorSerializer(many=True))
     def get_errors(self, run) -> list:
         scope = self.context.get("scope")
-        return [{"item": e.get("item"), "reason": e.get("reason")} for e in run.errors
-                if scope is None or "readers" not in e or scope.allows(e["readers"])]
+        readers = list(run.error_readers) + [None] * (len(run.errors) - len(run.error_readers))
+        return [{"item": e.get("item"), "reason": e.get("reason")} for e, who in zip(run.errors, readers, strict=False)
+                if scope is None or who is None or scope.allows(who)]
 
     class Meta:
         model = SyncRun

@@ -1,4 +1,4 @@
-"""Where HTTP-based connectors may connect (issue 12): never to loopback, link-local, private or other special
+"""Where connectors may connect (issue 12): never to loopback, link-local, private or other special
 addresses unless CONNECTOR_EGRESS_ALLOW names the network (CIDR) or the host, so that whoever may manage sources
 cannot make the server probe its own machine, the cloud metadata service (169.254.169.254) or the internal network.
 
@@ -78,9 +78,16 @@ def check_url(key: str, url: str) -> None:
     """On save: ConfigError naming ``key`` when the URL's host resolves to an address that is denied. A host that
     does not resolve passes here; connecting to it then fails with its own reason."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return
+    check_host(key, parts.hostname or "", port)
+
+
+def check_host(key: str, host: str, port: int) -> None:
+    """check_url for a host and port (a database server)."""
+    try:
         addresses = _resolve(host, port)
     except (OSError, ValueError, UnicodeError):
         return
@@ -89,6 +96,19 @@ def check_url(key: str, url: str) -> None:
             check_address(host, address)
         except EgressDenied as exc:
             raise ConfigError(key, str(exc)) from None
+
+
+def check_before_connecting(host: str, port: int) -> None:
+    """For clients that are not requests sessions (SQL drivers, boto3), before they connect: EgressDenied when the
+    host resolves to a denied address now. They resolve the name again themselves, so unlike the guarded HTTP
+    connections this leaves a short window for a name that changes its answer in between (DNS rebinding). A name
+    that does not resolve passes: the client then fails with its own reason."""
+    try:
+        addresses = _resolve(host, port)
+    except (OSError, ValueError, UnicodeError):
+        return
+    for address in addresses:
+        check_address(host, address)
 
 
 # --- on every connection ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from ..parsing import content_type_for
+from . import egress
 from .base import ConfigError, Connector, ConnectorError, ItemError, RawDocument, reject_unknown, text_setting
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class S3Connector(Connector):
             if parts.username or parts.password:
                 raise ConfigError("endpoint_url", "must not carry credentials; use access_key_id and "
                                   "secret_access_key")
+            egress.check_url("endpoint_url", endpoint)
             cfg["endpoint_url"] = endpoint.rstrip("/")
         region = text_setting(config, "region")
         if region is not None:
@@ -130,6 +132,10 @@ class S3Connector(Connector):
     @property
     def client(self):
         if self._client is None:
+            endpoint = urlsplit(self.config.get("endpoint_url") or "")
+            if endpoint.hostname:  # checked again each time a client is made (a sync, a save's connection test)
+                egress.check_before_connecting(endpoint.hostname,
+                                               endpoint.port or (443 if endpoint.scheme == "https" else 80))
             import boto3
             from botocore.config import Config
 

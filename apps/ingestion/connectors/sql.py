@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+from . import egress
 from .base import ConfigError, Connector, ConnectorError, RawDocument, failing_read, reject_unknown
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ def _reason(exc) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
+def _default_port(backend: str) -> int:
+    return 5432 if backend == "postgresql" else 3306
+
+
 def _connection_settings(config) -> dict:
     """The ``url`` (stored without its password) and ``password`` settings, checked."""
     from sqlalchemy.engine import URL, make_url
@@ -131,6 +136,7 @@ def _connection_settings(config) -> dict:
                           "mysql+pymysql or mariadb+pymysql")
     if not url.host or not url.database:
         raise ConfigError("url", "must name a host and a database")
+    egress.check_host("url", url.host, url.port or _default_port(url.get_backend_name()))
     if {"password", "passwd"} & {k.lower() for k in url.query}:
         raise ConfigError("url", "put the password in the user:password part of the URL, not in its query")
     password = config.get("password")
@@ -213,6 +219,7 @@ class SqlConnector(Connector):
 
         url = self._url
         connect_args = {"connect_timeout": self.config.get("connect_timeout", CONNECT_TIMEOUT)}
+        egress.check_before_connecting(url.host, url.port or _default_port(url.get_backend_name()))
         if check and url.get_backend_name() != "postgresql":
             connect_args["read_timeout"] = CHECK_STATEMENT_SECONDS  # PyMySQL: a socket timeout on every read
         return create_engine(url, poolclass=NullPool, connect_args=connect_args)

@@ -229,11 +229,10 @@ class _SyncJob(EmbeddingBatches, DocumentWriter):
         run = self.run
         run.items_failed += 1
         if len(run.errors) < MAX_RECORDED_ERRORS:
-            entry = {"item": external_id, "reason": reason}
-            if raw is not None:
-                entry["readers"] = self._sync_access_rules().readers(
-                    document_id_for(self.source.pk, raw.external_id), raw.groups)
-            run.errors.append(entry)
+            run.errors.append({"item": external_id, "reason": reason})
+            readers = None if raw is None else self._sync_access_rules().readers(
+                document_id_for(self.source.pk, raw.external_id), raw.groups)
+            run.error_readers.append(readers)
         Document.objects.filter(source=self.source, external_id=external_id).update(last_error=reason[:2000])
         logger.warning("sync %s: %s failed: %s", run.pk, external_id, reason)
 

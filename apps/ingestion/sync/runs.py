@@ -194,7 +194,7 @@ def recover_worker_runs(hostname: str, booted_at) -> int:
 
 PROGRESS_FIELDS = (
     "items_seen", "items_new", "items_updated", "items_unchanged", "items_deleted", "items_failed",
-    "chunks_embedded", "embedding_cache_hits", "errors",
+    "chunks_embedded", "embedding_cache_hits", "errors", "error_readers",
     "embedding_batches", "embedding_batches_queued", "embedding_max_in_flight",
 )
 
