@@ -14,7 +14,7 @@ from urllib.parse import urljoin, urlsplit
 from . import http_client
 from .base import ConfigError, Connector, ConnectorError, RawDocument, failing_read, reject_unknown
 from .egress import body_excerpt, check_url
-from .http_client import RestClient, check_number, origin, retried, where
+from .http_client import RestClient, body_json, check_number, origin, retried, where
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +177,7 @@ class HttpConnector(Connector):
                     404: " (check the URL)"}.get(response.status_code, "")
             raise ConnectorError(f"HTTP {response.status_code} {response.reason} from {place}{retried(response)}{hint}"
                                  + (f": {detail}" if detail else ""))
-        try:
-            return response.json()
-        except ValueError:
-            start = body_excerpt(" ".join(response.text[:80].split()))
-            content_type = response.headers.get("Content-Type", "no Content-Type")
-            starts = f"; it starts {start!r}" if start else ""
-            raise ConnectorError(f"{place} did not answer JSON ({content_type}{starts})") from None
+        return body_json(response)
 
     def _items(self, body, url: str, path: str) -> list:
         items = _dig(body, path)

@@ -116,14 +116,18 @@ def retried(response: requests.Response) -> str:
     return f" after {retries_text(count)}" if count and response.status_code in RETRY_STATUSES else ""
 
 
-def body_json(response: requests.Response, what: str):
+def body_json(response: requests.Response, what: str | None = None):
+    """The body as JSON; else ConnectorError saying what came instead ("{what} from URL is not JSON", or "URL did
+    not answer JSON" when ``what`` is not given)."""
     try:
         return response.json()
     except ValueError:
         start = body_excerpt(" ".join(response.text[:80].split()))
         content_type = response.headers.get("Content-Type", "no Content-Type")
         starts = f"; it starts {start!r}" if start else ""
-        raise ConnectorError(f"{what} from {where(response.url)} is not JSON ({content_type}{starts})") from None
+        place = where(response.url)
+        problem = f"{what} from {place} is not JSON" if what else f"{place} did not answer JSON"
+        raise ConnectorError(f"{problem} ({content_type}{starts})") from None
 
 
 def short_body(response: requests.Response) -> str:
