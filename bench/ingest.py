@@ -101,8 +101,8 @@ def main():
     corpus, _, _ = load_collection()
     corpus = corpus[: args.limit] if args.limit else corpus
     stack = Stack(broker_db=8)
-    folder = stack.data / "passages"
-    folder.mkdir()
+    folder = stack.data / "sources" / "passages"  # inside FILESYSTEM_SOURCE_ROOTS (default: DATA_DIR/sources)
+    folder.mkdir(parents=True)
     texts = []
     for row in corpus:
         text = f"{row['title']}\n\n{row['text']}" if row["title"] else row["text"]

@@ -43,8 +43,8 @@ def main():
 
 
 def ingest(stack, corpus):
-    passages = stack.data / "msmarco"
-    passages.mkdir()
+    passages = stack.data / "sources" / "msmarco"  # inside FILESYSTEM_SOURCE_ROOTS (default: DATA_DIR/sources)
+    passages.mkdir(parents=True)
     for row in corpus:
         text = f"{row['title']}\n\n{row['text']}" if row["title"] else row["text"]
         (passages / f"{row['_id']}.txt").write_text(text)

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5
 MAX_RECORDED_ERRORS = 1000
 LISTING_POLL_SECONDS = 0.25  # how often a sync waiting on a slow listing beats and looks for a cancel
+LISTING_AHEAD = 256  # documents a listing thread may run ahead of the sync
 
 
 def run_sync(sync_run_id: int, worker: str = "") -> SyncRun | None:
@@ -88,7 +89,10 @@ def _listed(connector, since, beat):
     if not getattr(connector, "list_in_thread", False):
         yield from documents
         return
-    items: queue.Queue = queue.Queue(maxsize=1)  # listing runs at most one document ahead of the sync
+    # Up to LISTING_AHEAD documents ahead (they are only names until the sync reads them). The hand-over between the
+    # threads still costs: an unchanged re-sync of 1,000 files took 0.16-0.17 s against 0.08 s listed inline (0.19 s
+    # with a queue of one).
+    items: queue.Queue = queue.Queue(maxsize=LISTING_AHEAD)
     stop = threading.Event()
 
     def hand_over(entry) -> bool:
