@@ -1,10 +1,11 @@
 """The sync job: list the source, skip what is unchanged, parse and chunk what changed, hand the texts to the
 embedding batches and the finished documents to the writer, prune what vanished, and keep the run's heartbeat."""
 
+import collections
 import hashlib
 import logging
-import queue
 import threading
+import time
 
 import numpy as np
 from django.conf import settings
@@ -36,6 +37,7 @@ HEARTBEAT_SECONDS = 5
 MAX_RECORDED_ERRORS = 1000
 LISTING_POLL_SECONDS = 0.25  # how often a sync waiting on a slow listing beats and looks for a cancel
 LISTING_AHEAD = 256  # documents a listing thread may run ahead of the sync
+LISTING_IDLE_SECONDS = 0.005  # how long a sync with nothing listed waits before it looks again
 
 
 def run_sync(sync_run_id: int, worker: str = "") -> SyncRun | None:
@@ -77,9 +79,6 @@ def _unstorable_id(external_id: str) -> str | None:
     return "id contains a NUL character" if "\x00" in external_id else None
 
 
-_END = object()
-
-
 def _listed(connector, since, beat):
     """The connector's documents. A connector that says ``list_in_thread`` is listed by a thread of its own while
     this one calls ``beat`` every LISTING_POLL_SECONDS it waits: the heartbeat stays fresh and a cancel (raised by
@@ -89,46 +88,42 @@ def _listed(connector, since, beat):
     if not getattr(connector, "list_in_thread", False):
         yield from documents
         return
-    # Up to LISTING_AHEAD documents ahead (they are only names until the sync reads them). The hand-over between the
-    # threads still costs: an unchanged re-sync of 1,000 files took 0.16-0.17 s against 0.08 s listed inline (0.19 s
-    # with a queue of one).
-    items: queue.Queue = queue.Queue(maxsize=LISTING_AHEAD)
-    stop = threading.Event()
-
-    def hand_over(entry) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(entry, timeout=LISTING_POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
+    # The threads share a deque (appends and pops are atomic) that the sync drains whenever it looks, instead of a
+    # queue that wakes it for every document: an unchanged re-sync of 1,000 files took 0.19 s through a queue
+    # against 0.08 s listed inline. The listing runs at most LISTING_AHEAD documents (only names until read) ahead.
+    listed: collections.deque = collections.deque()
+    finished, stop = threading.Event(), threading.Event()
+    failure: list = []
 
     def produce():
-        error = None
         try:
             for raw in documents:
-                if not hand_over((raw, None)):
+                while len(listed) >= LISTING_AHEAD and not stop.is_set():
+                    time.sleep(LISTING_IDLE_SECONDS)
+                if stop.is_set():
                     break
+                listed.append(raw)
         except BaseException as exc:  # handed to the sync, which raises it as if it had listed itself
-            error = exc
+            failure.append(exc)
         finally:
             documents.close()
-        hand_over((_END, error))
+            finished.set()
 
     threading.Thread(target=produce, name="sync-listing", daemon=True).start()
+    last_beat = time.monotonic()
     try:
         while True:
-            try:
-                raw, error = items.get(timeout=LISTING_POLL_SECONDS)
-            except queue.Empty:
-                beat()
-                continue
-            if raw is _END:
-                if error is not None:
-                    raise error
+            if listed:
+                yield listed.popleft()
+            elif finished.is_set() and not listed:  # the listing appends before it says it has finished
+                if failure:
+                    raise failure[0]
                 return
-            yield raw
+            else:
+                finished.wait(LISTING_IDLE_SECONDS)
+                if time.monotonic() - last_beat >= LISTING_POLL_SECONDS:
+                    beat()
+                    last_beat = time.monotonic()
     finally:
         stop.set()
 
