@@ -434,8 +434,9 @@ CHUNK_TOKENS = env.int("CHUNK_TOKENS", default=200)
 CHUNK_OVERLAP_TOKENS = env.int("CHUNK_OVERLAP_TOKENS", default=40)
 MAX_DOCUMENT_BYTES = env.int("MAX_DOCUMENT_BYTES", default=20 * 1024 * 1024)
 # Where sources may reach (README "Roles"): file-system sources only inside these directories (resolved, symlinks
-# and .. included); HTTP-based connectors never to loopback, link-local or private addresses unless allowed here
-# (comma-separated CIDRs or host names, e.g. "10.20.0.0/16,wiki.corp.example"). Checked on save and on every sync.
+# and .. included); the http, sharepoint, confluence, sql and s3 connectors never to loopback, link-local or private
+# addresses unless allowed here (comma-separated CIDRs or host names, e.g. "10.20.0.0/16,wiki.corp.example").
+# Checked on save and on every sync.
 FILESYSTEM_SOURCE_ROOTS = [
     Path(p).expanduser().resolve()
     for p in env.list("FILESYSTEM_SOURCE_ROOTS", default=[str(DATA_DIR / "sources"), str(BASE_DIR / "demo")])
