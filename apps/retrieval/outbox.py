@@ -17,6 +17,8 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from apps.ingestion.models import SyncRun
+
 from .models import IndexChange, IndexCursor, OutboxCompaction
 
 logger = logging.getLogger(__name__)
@@ -54,8 +56,6 @@ def synced_through() -> int:
     """Every sync that has ended wrote only outbox rows up to this id (the highest SyncRun.outbox_seq): an index at
     or past it shows them all. ORDER BY DESC LIMIT 1 over its index, the plan MAX() gets: one index probe, whatever
     the table's size or statistics (an EXISTS on ``outbox_seq > n`` seq-scanned when statistics were missing)."""
-    from apps.ingestion.models import SyncRun
-
     row = SyncRun.objects.filter(outbox_seq__isnull=False).order_by("-outbox_seq").values_list("outbox_seq")[:1]
     return next(iter(row), (0,))[0]
 
