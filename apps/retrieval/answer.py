@@ -203,13 +203,9 @@ def _generated_citations(text: str, results: list[SearchResult]) -> list[Citatio
 def answer(user, query: str, *, top_k: int = ANSWER_DEFAULT_TOP_K, filters: IndexFilter | None = None,
            mode: str = "hybrid", alpha: float | None = None, fusion: str = "relative_score",
            max_sentences: int = ANSWER_DEFAULT_SENTENCES, generate: bool = False, ip: str | None = None) -> Answer:
-    """An answer to ``query`` with numbered citations, drawn only from chunks search() returns for ``user``."""
+    """An answer to ``query`` with numbered citations, drawn only from chunks search() returns for ``user``. The
+    values are valid (AnswerRequestSerializer checked them); whether a generator is configured is checked here."""
     started = time.perf_counter()
-    query = (query or "").strip()
-    if not 1 <= top_k <= ANSWER_MAX_TOP_K:
-        raise AnswerError("top_k", f"must be between 1 and {ANSWER_MAX_TOP_K}")
-    if not 1 <= max_sentences <= ANSWER_MAX_SENTENCES:
-        raise AnswerError("max_sentences", f"must be between 1 and {ANSWER_MAX_SENTENCES}")
     if generate and not generator.enabled():
         raise AnswerError("generate", "no answer generator is configured on this server (ANSWER_LLM_URL)")
     # search() is the permission choke point: nothing below sees a chunk it did not return.

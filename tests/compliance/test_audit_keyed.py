@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
 from apps.compliance import audit
-from apps.compliance.audit import record, verify_chain
+from apps.compliance.audit import verify_chain
 from apps.compliance.models import AuditEvent
+from tests.compliance.test_audit_chain import _events, _raw
 
 pytestmark = pytest.mark.django_db
 
@@ -25,19 +25,6 @@ def checkpoint_dir(settings, tmp_path):
     settings.AUDIT_CHECKPOINT_DIR = tmp_path / "checkpoints"
     settings.AUDIT_CHECKPOINT_URL = ""
     return settings.AUDIT_CHECKPOINT_DIR
-
-
-def _events(n):
-    return [record("test.event", actor="tester", object_type="thing", object_id=i, data={"i": i}) for i in range(n)]
-
-
-def _raw(sql, params=()):
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE compliance_auditevent DISABLE TRIGGER compliance_auditevent_append_only")
-        cursor.execute(sql, params)
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE compliance_auditevent ENABLE TRIGGER compliance_auditevent_append_only")
 
 
 def _attacker_rewrite(from_seq, new_data, *, downgrade=False):
